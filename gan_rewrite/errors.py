@@ -1,0 +1,39 @@
+"""One family of exceptions for everything gan-rewrite refuses.
+
+Each class also subclasses the builtin a caller would naturally catch (``ValueError``,
+``FileNotFoundError``, ...), so ``except ValueError`` keeps working while
+``except GanRewriteError`` catches every refusal of this library.
+"""
+
+from __future__ import annotations
+
+
+class GanRewriteError(Exception):
+    """Base class of every error raised on purpose by gan-rewrite."""
+
+
+class ModelNotFoundError(GanRewriteError, FileNotFoundError):
+    """A model name, folder or Hub repo could not be found."""
+
+
+class CheckpointError(GanRewriteError, ValueError):
+    """A checkpoint file is unreadable, unsafe, or does not match the architecture."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle asked for code to be imported or run; it was refused, not executed."""
+
+
+class ConfigError(GanRewriteError, ValueError):
+    """A config.json (or config argument) has a missing, unknown or mistyped field."""
+
+
+class LayerError(GanRewriteError, KeyError):
+    """A layer name does not exist in the generator."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class HubError(GanRewriteError, RuntimeError):
+    """The Hub could not be reached or refused the request."""
