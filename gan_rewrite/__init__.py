@@ -1,3 +1,29 @@
-"""gan-rewrite: rewrite the rules of pretrained GANs and share the rewrites on the Hugging Face Hub."""
+"""gan-rewrite: rewrite the rules of pretrained GANs and share the rewrites on the Hugging Face Hub.
+
+Example:
+    >>> import gan_rewrite as gr
+    >>> G = gr.load_generator("dcgan-faces-64")
+    >>> images = G.sample(seeds=[0, 1, 2])   # (3, 3, 64, 64) in [-1, 1]
+"""
 
 __version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    GanRewriteError,
+    HubError,
+    LayerError,
+    ModelNotFoundError,
+    UnsafeCheckpointError,
+)
+from .hub.convert import convert_checkpoint  # noqa: E402
+from .hub.known import known_models  # noqa: E402
+from .hub.loading import load_generator  # noqa: E402
+from .models import GANGenerator  # noqa: E402
+
+__all__ = [
+    "CheckpointError", "ConfigError", "GANGenerator", "GanRewriteError", "HubError", "LayerError",
+    "ModelNotFoundError", "UnsafeCheckpointError", "__version__", "convert_checkpoint", "known_models",
+    "load_generator",
+]

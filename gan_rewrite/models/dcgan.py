@@ -7,6 +7,7 @@ Named layer ``layerJ`` is the J-th ConvTranspose2d (``main.{3(J-1)}``); its key 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,7 +58,7 @@ class DCGANGenerator(GANGenerator):
         super().__init__(config)
         channels = config.channels()
         blocks: list[nn.Module] = []
-        for j, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        for j, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
             first, last = j == 0, j == config.num_layers - 1
             # 1×1 → 4×4 for the first layer, then each layer doubles the resolution.
             stride, padding = (1, 0) if first else (2, 1)

@@ -1,0 +1,99 @@
+"""Models known by name: one YAML per model in ``gan_rewrite/hub_configs/``.
+
+A known model says where its weights come from (``source.kind``):
+
+* ``package``: a file inside an installed Python package (the embedded default ``dcgan-faces-64``);
+* ``hub``: a legacy checkpoint file in a Hub repo, downloaded with the official client and converted;
+* ``url``: recorded for reference only (not on the Hub): the user downloads it and runs ``gan-rewrite convert``.
+
+Converted models are cached as model folders under :func:`cache_home` so conversion runs once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, ModelNotFoundError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "hub_configs"
+_MODEL_FIELDS = ("z_dim", "channel_multiplier", "n_mlp")  # hyper-parameters a YAML may pin for conversion
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """One entry of ``hub_configs/``."""
+
+    name: str
+    architecture: str
+    format: str
+    resolution: int
+    source: dict[str, Any]
+    license: str
+    default_layer: str
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # documented; conversion reads shapes
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_home() -> Path:
+    """Where converted models live: ``$GAN_REWRITE_HOME``, else ``$XDG_CACHE_HOME/gan_rewrite``."""
+    if os.environ.get("GAN_REWRITE_HOME"):
+        return Path(os.environ["GAN_REWRITE_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "gan_rewrite"
+
+
+@cache
+def known_models() -> dict[str, KnownModel]:
+    """All models of ``hub_configs/``, by name."""
+    models = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            model = KnownModel(
+                name=data["name"], architecture=data["architecture"], format=data["format"],
+                resolution=int(data["resolution"]), source=dict(data["source"]), license=data["license"],
+                default_layer=data["default_layer"], description=data.get("description", ""),
+                tags=list(data.get("tags", [])),
+                hyperparameters={k: data[k] for k in _MODEL_FIELDS if k in data}, raw=data,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"hub config {path.name} is missing or mistypes field {exc}.") from exc
+        models[model.name] = model
+    return models
+
+
+def known_model(name: str) -> KnownModel:
+    """The known model called ``name``. Raises ModelNotFoundError listing the known names."""
+    try:
+        return known_models()[name]
+    except KeyError:
+        raise ModelNotFoundError(
+            f"unknown model name {name!r}; known names are {sorted(known_models())}."
+        ) from None
+
+
+def package_file(source: dict[str, Any]) -> Path:
+    """Locate a file inside an installed package without importing the package.
+
+    Raises:
+        ModelNotFoundError: the package is not installed, with the pip command that installs it.
+    """
+    spec = importlib.util.find_spec(source["module"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the weights of this model ship in the `{source['package']}` package, which is not installed; "
+            f"install it with `pip install --no-deps {source['package']}`."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / source["file"]
+    if not path.is_file():
+        raise ModelNotFoundError(f"`{source['package']}` is installed but has no {source['file']} at {path}.")
+    return path

@@ -1,0 +1,164 @@
+"""``load_generator``: one entry point for model folders, known names and Hub repos."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, HubError, ModelNotFoundError
+from .known import known_model, known_models
+from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_generator(
+    name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    token: str | None = None,
+) -> Any:
+    """Load a generator from a model folder, a known model name, or a Hub repo.
+
+    Args:
+        name_or_path: a folder holding config.json + model.safetensors; a name from ``hub_configs/``
+            (``"dcgan-faces-64"``, the embedded default); or a Hub repo id ``"owner/name"``.
+        revision: for Hub repos, a branch, tag or commit sha (default: main).
+        device: where to put the model; default CUDA when available, else CPU.
+        token: Hub token for private repos.
+
+    Returns:
+        A ``GANGenerator`` in eval mode.
+
+    Raises:
+        ModelNotFoundError: no such folder, known name or Hub repo (the message lists the known names).
+        ConfigError / CheckpointError: the folder's config.json or weights are invalid.
+        HubError: the Hub could not be reached.
+
+    Example:
+        >>> G = load_generator("dcgan-faces-64")
+        >>> G.layer_names
+        ['layer1', 'layer2', 'layer3', 'layer4', 'layer5']
+    """
+    from ..models import pick_device
+
+    target = pick_device(device)
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return load_folder(path, device=target)
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{text!r} is a file, not a model folder; convert a legacy checkpoint first with "
+            f"`gan-rewrite convert {text} OUT_DIR --format ...`."
+        )
+    if text in known_models():
+        from .convert import ensure_known_model
+
+        return load_folder(ensure_known_model(known_model(text), token=token), device=target)
+    if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
+        return load_folder(download_model(text, revision=revision, token=token), device=target)
+    raise ModelNotFoundError(
+        f"no model folder, known model name or Hub repo id {text!r}. Known names are "
+        f"{sorted(known_models())}; a Hub repo id looks like 'owner/name'."
+    )
+
+
+def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
+    """Build a generator from a model folder (config.json + model.safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..models import generator_class
+
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise ModelNotFoundError(
+                f"{str(folder)!r} is not a model folder: {needed.name} is missing "
+                f"(a model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME})."
+            )
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{config_path} is not valid JSON: {exc}.") from exc
+    if not isinstance(raw, dict) or "architecture" not in raw:
+        raise ConfigError(f"{config_path} has no `architecture` field; is it a gan-rewrite model folder?")
+    cls = generator_class(raw["architecture"])
+    config = cls.config_class.from_dict(raw)
+    try:
+        state_dict = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}.") from exc
+    generator = cls(config)
+    generator.load_weights(state_dict)
+    return generator.to(device or torch.device("cpu")).eval()
+
+
+def download_model(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
+    """Fetch a model repo's folder files into the standard Hub cache and return the snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(repo_id, revision):
+        folder = snapshot_download(
+            repo_id, revision=revision, token=token,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+        )
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (Path(folder) / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"Hub repo {repo_id!r} (revision {revision or 'main'!r}) lacks {missing}: it is not a gan-rewrite "
+            "model repo. For a legacy checkpoint, download it and run `gan-rewrite convert`."
+        )
+    return Path(folder)
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Turn the Hub client's errors into ours, with a message that says what to do."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError as exc:
+        raise HubError(f"Hub repo {repo_id!r} is gated: accept its terms on the Hub and pass a `token`.") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"Hub repo {repo_id!r} was not found (or is private: pass a `token`). Known model names are "
+            f"{sorted(known_models())}."
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"revision {revision!r} of Hub repo {repo_id!r} was not found; give a branch, tag or commit sha."
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise HubError(
+            f"could not reach the Hub for {repo_id!r} and it is not in the local cache: {exc}"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise ModelNotFoundError(f"Hub repo {repo_id!r} lacks a needed file: {exc}") from exc
+    except HfHubHTTPError as exc:
+        raise HubError(f"the Hub refused the request for {repo_id!r}: {exc}") from exc
+    except Exception as exc:
+        # Transport failures (refused connection, timeout) come from the client's HTTP library.
+        if type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}:
+            raise HubError(f"could not reach the Hub for {repo_id!r}: {exc}") from exc
+        raise

@@ -1,0 +1,118 @@
+"""``save_pretrained`` / ``push_to_hub`` / ``from_pretrained`` for every generator, in the huggingface_hub manner.
+
+A model folder is ``config.json`` + ``model.safetensors`` (the architecture's published key layout) +
+``README.md`` (a model card). Every file is written to a temporary name and renamed, so an interrupted
+save never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..atomic import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from huggingface_hub import CommitInfo
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+
+class HubMixin:
+    """Adds the Hub verbs to a generator; relies on ``self.config`` and ``self.state_dict()``."""
+
+    def _tensors_to_save(self) -> dict[str, torch.Tensor]:
+        """The tensors written to model.safetensors (the rule mixin narrows this to the base weights)."""
+        return self.state_dict()  # type: ignore[attr-defined]
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_kwargs: Any,
+    ) -> Path:
+        """Write the model folder (config.json, model.safetensors, README.md) to ``save_directory``.
+
+        Args:
+            save_directory: the folder to write; created if missing. Existing files are replaced atomically.
+            push_to_hub: also push the folder to the Hub repo ``repo_id``.
+            repo_id: the Hub repo for ``push_to_hub`` (defaults to the folder name).
+            **push_kwargs: passed on to :meth:`push_to_hub` (``private``, ``token``, ``commit_message``, ...).
+
+        Returns:
+            The folder path.
+        """
+        from safetensors.torch import save_file
+
+        from .cards import model_card
+
+        folder = Path(save_directory)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"`save_directory` {str(folder)!r} exists and is not a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()  # type: ignore[attr-defined]
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors_to_save().items()}
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=False) + "\n")
+        write_text_atomic(folder / CARD_NAME, str(model_card(config, repo_id=repo_id)))
+        if push_to_hub:
+            self.push_to_hub(repo_id or folder.name, **push_kwargs)
+        return folder
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> CommitInfo:
+        """Create ``repo_id`` if needed and upload the model folder to it in one commit.
+
+        Args:
+            repo_id: ``owner/name`` on the Hub.
+            commit_message: defaults to "Upload <architecture> generator with gan-rewrite".
+            private: create the repo as private (ignored when it exists).
+            token: a Hub token; defaults to the one the client finds (``HF_TOKEN``, login).
+            revision: the branch to commit to (created from main if missing).
+            create_pr: open a pull request instead of committing directly.
+
+        Returns:
+            The client's ``CommitInfo`` (``.oid`` is the new commit sha).
+        """
+        from huggingface_hub import HfApi
+
+        from .loading import hub_errors
+
+        api = HfApi(token=token)
+        message = commit_message or f"Upload {self.config.architecture} generator with gan-rewrite"  # type: ignore[attr-defined]
+        with hub_errors(repo_id, revision):
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision is not None and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="gan-rewrite-push-") as tmp:
+                self.save_pretrained(tmp, repo_id=repo_id)
+                return api.upload_folder(
+                    repo_id=repo_id, folder_path=tmp, commit_message=message, revision=revision,
+                    create_pr=create_pr,
+                )
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained: str | Path, *, revision: str | None = None, device: Any = None,
+        token: str | None = None,
+    ) -> Any:
+        """Load a generator from a Hub repo id, a model folder or a known name (see ``load_generator``)."""
+        from .loading import load_generator
+
+        return load_generator(pretrained, revision=revision, device=device, token=token)

@@ -1,0 +1,37 @@
+"""Fixtures shared by many test files (imported into conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gan_rewrite.models import DCGANConfig, DCGANGenerator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted known models go to a per-run folder, never the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GAN_REWRITE_HOME", str(tmp_path_factory.mktemp("gan_rewrite_home")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def dcgan_faces(isolated_model_cache: None) -> DCGANGenerator:
+    """The embedded pretrained DCGAN (converted on first use from the gan-face-generate wheel)."""
+    import gan_rewrite as gr
+
+    return gr.load_generator("dcgan-faces-64", device="cpu")
+
+
+@pytest.fixture
+def tiny_dcgan() -> DCGANGenerator:
+    """A 16×16 DCGAN with 8 channels and non-trivial BatchNorm statistics, for fast algebra."""
+    torch.manual_seed(0)
+    generator = DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8))
+    for module in generator.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return generator.eval()
