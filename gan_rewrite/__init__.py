@@ -15,15 +15,21 @@ from .errors import (  # noqa: E402
     HubError,
     LayerError,
     ModelNotFoundError,
+    RuleError,
+    RuleMismatchError,
+    RuleNotFoundError,
+    StatsError,
     UnsafeCheckpointError,
 )
 from .hub.convert import convert_checkpoint  # noqa: E402
 from .hub.known import known_models  # noqa: E402
 from .hub.loading import load_generator  # noqa: E402
 from .models import GANGenerator  # noqa: E402
+from .rewrite import KeyStats, Rewriter, RuleDelta, compute_stats  # noqa: E402
 
 __all__ = [
-    "CheckpointError", "ConfigError", "GANGenerator", "GanRewriteError", "HubError", "LayerError",
-    "ModelNotFoundError", "UnsafeCheckpointError", "__version__", "convert_checkpoint", "known_models",
+    "CheckpointError", "ConfigError", "GANGenerator", "GanRewriteError", "HubError", "KeyStats", "LayerError",
+    "ModelNotFoundError", "Rewriter", "RuleDelta", "RuleError", "RuleMismatchError", "RuleNotFoundError",
+    "StatsError", "UnsafeCheckpointError", "__version__", "compute_stats", "convert_checkpoint", "known_models",
     "load_generator",
 ]

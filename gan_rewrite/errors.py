@@ -37,3 +37,19 @@ class LayerError(GanRewriteError, KeyError):
 
 class HubError(GanRewriteError, RuntimeError):
     """The Hub could not be reached or refused the request."""
+
+
+class RuleError(GanRewriteError, ValueError):
+    """A rule (RuleDelta) or a rewrite request is malformed, unknown, or cannot be applied."""
+
+
+class RuleMismatchError(RuleError):
+    """A rule was made for a different base weight (or shape) than the model's layer."""
+
+
+class RuleNotFoundError(GanRewriteError, FileNotFoundError):
+    """A rule file or repo could not be found."""
+
+
+class StatsError(GanRewriteError, ValueError):
+    """Key statistics are missing, malformed, or were computed for another model or layer."""

@@ -93,3 +93,33 @@ def test_cli_push_then_sample_by_revision(hub, tiny_dcgan, tmp_path, capsys) -> 
     out = tmp_path / "grid.png"
     assert main(["sample", repo, "--revision", sha, "--seeds", "0-3", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_known_model_on_the_hub_is_downloaded_and_converted_once(hub, tiny_dcgan, tmp_path, monkeypatch) -> None:
+    from gan_rewrite.hub import known
+
+    repo = hub.repo_id("legacy")
+    checkpoint = tmp_path / "netG.pth"
+    torch.save({"netG_state_dict": tiny_dcgan.state_dict()}, checkpoint)
+    hub.api().create_repo(repo)
+    hub.api().upload_file(path_or_fileobj=str(checkpoint), path_in_repo="weights/netG.pth", repo_id=repo)
+    configs = tmp_path / "hub_configs"
+    configs.mkdir()
+    (configs / "tiny.yaml").write_text(yaml.safe_dump({
+        "name": "tiny-dcgan-16", "architecture": "dcgan", "format": "dcgan", "resolution": 16,
+        "default_layer": "layer2", "license": "mit",
+        "source": {"kind": "hub", "repo": repo, "filename": "weights/netG.pth"},
+    }))
+    monkeypatch.setattr(known, "CONFIG_DIR", configs)
+    known.known_models.cache_clear()
+    monkeypatch.setenv("GAN_REWRITE_HOME", str(tmp_path / "home"))
+    try:
+        loaded = gr.load_generator("tiny-dcgan-16")
+        assert_same_weights(loaded, tiny_dcgan)
+        assert loaded.config.default_layer == "layer2"
+        assert loaded.config.extra["provenance"]["source"] == f"Hub repo {repo} (weights/netG.pth)"
+        gets = hub.count("GET", "/resolve/")
+        gr.load_generator("tiny-dcgan-16")  # second use: from the converted cache, no Hub request
+        assert hub.count("GET", "/resolve/") == gets
+    finally:
+        known.known_models.cache_clear()

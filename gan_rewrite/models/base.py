@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..hub.mixin import HubMixin
+from ..rules import RuleMixin
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -155,7 +157,7 @@ class LayerState:
     carry: dict[str, Any] = field(default_factory=dict)
 
 
-class GANGenerator(nn.Module):
+class GANGenerator(RuleMixin, HubMixin, nn.Module):
     """Base class of every generator: named layers, seeded sampling and split execution.
 
     Subclasses set ``config_class`` and implement ``layer_names``, ``layer_module``, ``_prepare``,

@@ -1,0 +1,168 @@
+"""Solvers for ``W₁ = W₀ + Λ Dᵀ`` (per tap) with the direction ``D`` fixed: only ``Λ`` is unknown.
+
+* :func:`solve_closed_form` — weighted linear least squares for ``Λ``. The output change is linear in
+  ``Λ`` with one small design matrix shared by every output channel, so the normal equations have only
+  ``r·kh·kw`` unknowns per channel: milliseconds. For StyleGAN2 the demodulation gain is held at its
+  value for ``W₀`` (the residual is divided by it), which is exact for the original weight and a
+  first-order approximation after the edit.
+* :func:`solve_projected` — the paper's procedure: Adam on the full weight, with an L1 loss on the
+  layer output (or any loss you pass), projecting ``W − W₀`` onto span ``D`` every few steps. Slower;
+  exact for demodulation, allows non-quadratic losses and losses measured further down the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import RuleError
+from .context import Goal
+from .layers import LayerKind
+
+logger = logging.getLogger(__name__)
+
+
+def solve_closed_form(
+    kind: LayerKind,
+    module: nn.Module,
+    goal: Goal,
+    direction: Tensor,
+    *,
+    ridge: float = 1e-6,
+    refine: int = 2,
+) -> Tensor:
+    """Least-squares ``Λ`` minimising ``Σ weight · ‖output(W₀ + ΛDᵀ) − V*‖²`` over the goal's locations.
+
+    Args:
+        kind: the layer kind of ``module``.
+        module: the layer (its current weight is ``W₀``).
+        goal: samples, target ``V*`` and location weights.
+        direction: ``D`` ``(I, r)``, orthonormal columns.
+        ridge: relative diagonal loading ``ridge · tr(AᵀA)/q``; taps that never reach a weighted location
+            get ``Λ = 0`` through it.
+        refine: for layers with a weight-dependent gain (StyleGAN2's demodulation), this many extra
+            Gauss-Newton steps re-evaluate the gain at the edited weight and solve for the remaining
+            residual (same normal matrix, so each costs one forward of the layer). Ignored otherwise.
+
+    Returns:
+        ``Λ`` ``(O, r, kh, kw)`` float32 on the CPU.
+    """
+    with torch.no_grad():
+        weight0 = module.weight.detach()
+        keys = kind.keys(module, goal.state).to(torch.float64)
+        design = kind.design(module, keys, direction)  # (N, q, H, W)
+        w = goal.weight.to(design.device, torch.float64).reshape(-1)  # (N·H·W,)
+        keep = w > 0
+        a = design.permute(0, 2, 3, 1).reshape(-1, design.shape[1])[keep]  # (M, q)
+        w = w[keep]
+        normal = a.T @ (w[:, None] * a)  # (q, q), shared by every output channel
+        q = normal.shape[0]
+        loading = ridge * float(torch.trace(normal)) / q or ridge
+        eye = torch.eye(q, dtype=torch.float64, device=normal.device)
+        factor, info = torch.linalg.cholesky_ex(normal + loading * eye)
+        if int(info) != 0:
+            raise RuleError(
+                "the goal does not determine Λ (singular normal equations); use `ridge` > 0 or a goal "
+                "region that the context keys reach."
+            )
+        target = goal.target.to(design.device, torch.float64)
+        out_ch, _, kh, kw = kind.shape(weight0)
+        lam = torch.zeros(out_ch, direction.shape[1], kh, kw, dtype=torch.float64, device=design.device)
+        for step in range(1 + max(0, refine)):
+            weight = weight0 + kind.delta_weight(direction.to(lam), lam).to(weight0)
+            gain = kind.gain(module, goal.state, weight)
+            if step > 0 and not isinstance(gain, Tensor):
+                break  # a layer without gain is solved exactly by the first step
+            residual = target - kind.output(module, goal.state, weight).to(torch.float64)
+            residual = residual / (gain.to(torch.float64) if isinstance(gain, Tensor) else gain)  # (N, O, H, W)
+            b = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1])[keep]  # (M, O)
+            update = torch.cholesky_solve(a.T @ (w[:, None] * b), factor)  # (q, O)
+            lam = lam + update.T.reshape(lam.shape)
+        return lam.float().cpu()
+
+
+def goal_l1(kind: LayerKind, module: nn.Module, goal: Goal) -> Callable[[Tensor], Tensor]:
+    """The default loss of :func:`solve_projected`: weighted mean L1 distance of the layer output to V*."""
+    target = goal.target.detach()
+    weight = goal.weight.to(target.device, target.dtype)[:, None]  # (N, 1, H, W)
+    total = weight.sum() * target.shape[1]
+
+    def loss(w: Tensor) -> Tensor:
+        return ((kind.output(module, goal.state, w) - target).abs() * weight).sum() / total
+
+    return loss
+
+
+def solve_projected(
+    kind: LayerKind,
+    module: nn.Module,
+    goal: Goal,
+    direction: Tensor,
+    *,
+    loss_fn: Callable[[Tensor], Tensor] | None = None,
+    steps: int = 1000,
+    lr: float | None = None,
+    project_every: int = 10,
+    patience: int = 100,
+    tol: float = 1e-4,
+    progress: bool = True,
+) -> Tensor:
+    """Adam on the layer weight, projecting ``W − W₀`` onto span ``D`` every ``project_every`` steps.
+
+    Args:
+        kind, module, goal, direction: as for :func:`solve_closed_form`.
+        loss_fn: ``weight → scalar``; default :func:`goal_l1` (L1 on the layer output). Pass a loss that
+            runs the rest of the network to measure the edit on the image instead.
+        steps: maximum Adam steps.
+        lr: Adam step size; default ``0.01 ×`` the weight's standard deviation.
+        project_every: steps between projections.
+        patience: stop when the best loss has not improved by a relative ``tol`` for this many steps.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``Λ`` ``(O, r, kh, kw)`` float32: the coordinates of the final ``W − W₀`` in span ``D``.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or project_every < 1:
+        raise ValueError(f"`steps` and `project_every` must be >= 1, got {steps} and {project_every}.")
+    weight0 = module.weight.detach().clone()
+    direction = direction.to(weight0.device, weight0.dtype)
+    loss_fn = loss_fn or goal_l1(kind, module, goal)
+    weight = weight0.clone().requires_grad_(True)
+    step_size = lr if lr is not None else 0.01 * float(weight0.std())
+    optimizer = torch.optim.Adam([weight], lr=step_size)
+
+    def project() -> None:
+        with torch.no_grad():
+            lam = kind.lambda_from_delta(weight - weight0, direction)
+            weight.copy_(weight0 + kind.delta_weight(direction, lam))
+
+    best, since = float("inf"), 0
+    bar = tqdm(range(steps), desc="rewrite (projected)", unit="step", disable=not progress)
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(weight)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % project_every == 0:
+            project()
+        value = float(loss.detach())
+        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        if value < best * (1 - tol):
+            best, since = value, 0
+        else:
+            since += 1
+            if since >= patience:
+                logger.info("projected solve stopped early at step %d (loss %.4g)", step + 1, value)
+                break
+    project()
+    with torch.no_grad():
+        return kind.lambda_from_delta(weight - weight0, direction).float().cpu()
+
+
+SOLVERS: dict[str, Callable[..., Tensor]] = {"closed_form": solve_closed_form, "optimize": solve_projected}
+"""Method names accepted by ``Rewriter.solve(method=...)`` and written into rule files."""

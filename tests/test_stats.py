@@ -1,0 +1,122 @@
+"""Key statistics: one-matmul accumulation, files, cache, and 2-process gloo all-reduce."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from gan_rewrite.errors import LayerError, StatsError
+from gan_rewrite.models import DCGANConfig, DCGANGenerator
+from gan_rewrite.rewrite.stats import KeyStats, _share, compute_stats, model_sha256
+
+
+def make_tiny() -> DCGANGenerator:
+    torch.manual_seed(0)
+    G = DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8))
+    for module in G.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+    return G.eval()
+
+
+@pytest.fixture
+def tiny() -> DCGANGenerator:
+    return make_tiny()
+
+
+@pytest.mark.parametrize("layer", ["layer1", "layer2", "layer3"])
+def test_matches_naive_outer_product_sum(tiny: DCGANGenerator, layer: str) -> None:
+    stats = compute_stats(tiny, layer, n=13, batch_size=4, use_cache=False, progress=False)
+    outer = torch.zeros(stats.dim, stats.dim, dtype=torch.float64)
+    total = torch.zeros(stats.dim, dtype=torch.float64)
+    count = 0
+    with torch.no_grad():
+        for s in range(13):  # one sample, one location at a time
+            feats = tiny.forward_to(layer, tiny.make_latents([s])).features[0].double()  # (I, h, w)
+            for y in range(feats.shape[1]):
+                for x in range(feats.shape[2]):
+                    k = feats[:, y, x]
+                    outer += torch.outer(k, k)
+                    total += k
+                    count += 1
+    assert stats.count == count
+    torch.testing.assert_close(stats.second_moment, outer / count, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(stats.mean, total / count, rtol=1e-10, atol=1e-12)
+    # Batch size does not matter.
+    other = compute_stats(tiny, layer, n=13, batch_size=13, use_cache=False, progress=False)
+    torch.testing.assert_close(other.second_moment, stats.second_moment, rtol=1e-12, atol=1e-14)
+
+
+def test_save_load_and_solve(tiny: DCGANGenerator, tmp_path) -> None:
+    stats = compute_stats(tiny, "layer2", n=8, truncation=0.7, seed=5, use_cache=False, progress=False)
+    loaded = KeyStats.load(stats.save(tmp_path / "stats" / "layer2.safetensors"))
+    assert torch.equal(loaded.second_moment, stats.second_moment) and torch.equal(loaded.mean, stats.mean)
+    assert (loaded.count, loaded.layer, loaded.n, loaded.truncation, loaded.seed) == (stats.count, "layer2", 8, 0.7, 5)
+    assert loaded.model_sha256 == model_sha256(tiny)
+    rhs = torch.randn(stats.dim, dtype=torch.float64)
+    x = stats.solve(rhs)
+    system = stats.second_moment + stats.ridge() * torch.eye(stats.dim, dtype=torch.float64)
+    torch.testing.assert_close(system @ x, rhs)
+    w = stats.inv_sqrt()
+    torch.testing.assert_close(w @ system @ w, torch.eye(stats.dim, dtype=torch.float64), atol=1e-8, rtol=0)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(StatsError):
+        KeyStats.load(tmp_path / "junk.safetensors")
+    with pytest.raises(StatsError, match="no statistics file"):
+        KeyStats.load(tmp_path / "missing.safetensors")
+
+
+def test_cache_is_keyed_by_model_and_request(tiny: DCGANGenerator, tmp_path, caplog) -> None:
+    first = compute_stats(tiny, "layer2", n=6, cache_dir=tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="gan_rewrite.rewrite.stats"):
+        again = compute_stats(tiny, "layer2", n=6, cache_dir=tmp_path, progress=False)
+    assert "from cache" in caplog.text
+    assert torch.equal(again.second_moment, first.second_moment)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gan_rewrite.rewrite.stats"):
+        other_seed = compute_stats(tiny, "layer2", n=6, seed=1, cache_dir=tmp_path, progress=False)
+    assert "from cache" not in caplog.text
+    assert not torch.equal(other_seed.second_moment, first.second_moment)
+    with torch.no_grad():
+        tiny.layer_module("layer1").weight.mul_(2.0)  # a different model → a different cache entry
+    changed = compute_stats(tiny, "layer2", n=6, cache_dir=tmp_path, progress=False)
+    assert changed.model_sha256 != first.model_sha256
+    assert not torch.allclose(changed.second_moment, first.second_moment)
+
+
+def test_invalid_requests(tiny: DCGANGenerator) -> None:
+    with pytest.raises(LayerError, match="unknown layer 'layer7'"):
+        compute_stats(tiny, "layer7", use_cache=False)
+    with pytest.raises(ValueError, match="`n`"):
+        compute_stats(tiny, "layer2", n=0, use_cache=False)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        compute_stats(tiny, "layer2", n=3, batch_size=0, use_cache=False)
+
+
+def test_shares_cover_every_seed_once() -> None:
+    for n, world in [(10, 3), (2, 4), (7, 1)]:
+        seen = [i for r in range(world) for i in _share(n, r, world)]
+        assert seen == list(range(n))
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        stats = compute_stats(make_tiny(), "layer3", n=7, batch_size=2, use_cache=False, progress=False)
+        stats.save(f"{out_dir}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one(tmp_path) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    single = compute_stats(make_tiny(), "layer3", n=7, batch_size=2, use_cache=False, progress=False)
+    for rank in range(2):
+        got = KeyStats.load(tmp_path / f"rank{rank}.safetensors")
+        assert got.count == single.count
+        torch.testing.assert_close(got.second_moment, single.second_moment, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got.mean, single.mean, rtol=1e-12, atol=1e-14)
