@@ -46,7 +46,7 @@ def test_split_execution_matches_forward_and_stops_early(tiny_dcgan: DCGANGenera
     for index, layer in enumerate(tiny_dcgan.layer_names):
         fired = []
         later = [tiny_dcgan.layer_module(name) for name in tiny_dcgan.layer_names[index:]]
-        hooks = [m.register_forward_hook(lambda *_: fired.append(1)) for m in later]
+        hooks = [m.register_forward_hook(lambda *_, fired=fired: fired.append(1)) for m in later]
         state = tiny_dcgan.forward_to(layer, z)
         for hook in hooks:
             hook.remove()
