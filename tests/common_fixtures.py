@@ -17,6 +17,18 @@ def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_real_hub() -> None:
+    """No test may reach huggingface.co: the client runs offline unless a test uses the loopback `hub` fixture."""
+    import huggingface_hub.constants as constants
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setattr(constants, "HF_HUB_OFFLINE", True)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def dcgan_faces(isolated_model_cache: None) -> DCGANGenerator:
     """The embedded pretrained DCGAN (converted on first use from the gan-face-generate wheel)."""

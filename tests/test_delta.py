@@ -121,7 +121,7 @@ def test_resolver_is_used_for_non_local_sources(tmp_path) -> None:
     assert RuleDelta.load("owner/rule", revision="v1", resolver=resolver).base_model == "owner/model"
     assert calls == [("owner/rule", "v1")]
     with pytest.raises(RuleNotFoundError, match="owner/rule"):
-        RuleDelta.load("owner/rule")
+        RuleDelta.load("owner/rule", resolver=lambda source, revision: tmp_path / "missing.safetensors")
 
 
 def test_malformed_files_are_refused(tmp_path) -> None:

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,6 +19,14 @@ from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 logger = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubSource(NamedTuple):
+    """Where a generator loaded from the Hub came from: ``G.hub_source`` (absent for local models)."""
+
+    repo_id: str
+    revision: str | None  # as asked for (None: the default branch)
+    commit: str  # the commit sha the files were downloaded at
 
 
 def load_generator(
@@ -67,7 +75,11 @@ def load_generator(
 
         return load_folder(ensure_known_model(known_model(text), token=token), device=target)
     if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
-        return load_folder(download_model(text, revision=revision, token=token), device=target)
+        folder = download_model(text, revision=revision, token=token)
+        generator = load_folder(folder, device=target)
+        # Remember where it came from (the snapshot folder is named after the commit), e.g. for repo stats.
+        generator.hub_source = HubSource(text, revision, folder.name)
+        return generator
     raise ModelNotFoundError(
         f"no model folder, known model name or Hub repo id {text!r}. Known names are "
         f"{sorted(known_models())}; a Hub repo id looks like 'owner/name'."

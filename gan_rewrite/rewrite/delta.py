@@ -20,11 +20,11 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -32,6 +32,11 @@ from torch import Tensor
 from ..atomic import atomic_path
 from ..errors import RuleError, RuleNotFoundError
 from .layers import kind_for_layout
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
+    from ..models.base import GANGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +190,69 @@ class RuleDelta:
         logger.info("saved rule (%s) to %s", ", ".join(self.layer_names), path)
         return path
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        generator: GANGenerator | None = None,
+        preview_seeds: Iterable[int] | None = range(8),
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+    ) -> CommitInfo:
+        """Share the rule as a Hub repo, in one commit (see :mod:`gan_rewrite.hub.rules`).
+
+        The commit holds ``rule.safetensors`` (:meth:`save`), ``rule.json`` (the spec, pretty-printed),
+        ``preview.png`` (row 1: before, row 2: after, on ``preview_seeds``) and a ``README.md`` card whose YAML
+        names ``base_model`` with ``base_model_relation: adapter``.
+
+        Args:
+            repo_id: ``owner/name`` of the rule repo (created if missing).
+            generator: renders the preview; the rule is loaded on it under a unique name and unloaded
+                again, so it is left exactly as it was. Default: the base model, loaded from
+                ``base_model`` at ``base_revision``; if that fails, the preview is skipped with a warning.
+            preview_seeds: the preview's columns; ``None`` or empty for no preview.
+            commit_message: defaults to "Upload gan-rewrite rule (<layers>)".
+            private: create the repo as private (ignored when it exists).
+            token: a Hub token; defaults to the one the client finds (``HF_TOKEN``, login).
+            revision: the branch to commit to (created from main if missing).
+
+        Returns:
+            The client's ``CommitInfo`` (``.oid`` is the new commit sha).
+
+        Raises:
+            RuleMismatchError / LayerError: the rule does not fit the given ``generator``.
+            HubError: the Hub could not be reached or refused the upload.
+
+        Example:
+            >>> delta = rw.solve(rank=1)
+            >>> delta.push_to_hub("me/church-domes", generator=G)
+            >>> G2.load_rule("me/church-domes")
+        """
+        from ..hub.rules import push_rule
+
+        return push_rule(
+            self,
+            repo_id,
+            generator=generator,
+            preview_seeds=preview_seeds,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+        )
+
     @classmethod
     def load(
         cls, source: str | os.PathLike, *, revision: str | None = None, resolver: Resolver | None = None
     ) -> RuleDelta:
-        """Read a rule from a local ``.safetensors`` file or a folder holding ``rule.safetensors``.
+        """Read a rule from a local ``.safetensors`` file, a folder holding ``rule.safetensors``, or a Hub repo.
 
         Args:
-            source: a file, a folder, or (with a ``resolver``) anything the resolver understands.
-            revision: passed to the resolver (a Hub revision); ignored for local paths.
+            source: a file, a folder, or anything the resolver understands (by default a Hub repo id
+                ``owner/name``, whose ``rule.safetensors`` is downloaded into the standard Hub cache).
+            revision: passed to the resolver (a Hub branch, tag or commit sha); ignored for local paths.
             resolver: ``(source, revision) -> local file`` for sources that are not local paths; default
                 :func:`default_resolver`.
 
@@ -201,8 +260,14 @@ class RuleDelta:
             The rule, bit-exact as saved.
 
         Raises:
-            RuleNotFoundError: ``source`` is not a local file/folder and no resolver could find it.
+            RuleNotFoundError: ``source`` is not a local file/folder and no resolver could find it (for the
+                Hub: no such repo, revision or ``rule.safetensors``).
+            HubError: the Hub could not be reached.
             RuleError: the file is not a gan-rewrite rule or is inconsistent.
+
+        Example:
+            >>> RuleDelta.load("rule.safetensors")
+            >>> RuleDelta.load("owner/smile", revision="v1")
         """
         path = _local_rule_path(source)
         if path is None:
@@ -276,10 +341,12 @@ class RuleDelta:
 def default_resolver() -> Resolver | None:
     """The resolver :meth:`RuleDelta.load` uses for non-local sources when none is passed.
 
-    This is where Hub support plugs in (a function downloading ``rule.safetensors`` from a repo id at a
-    revision); without it only local files and folders load.
+    Hub support: :func:`gan_rewrite.hub.rules.hub_rule_resolver` downloads ``rule.safetensors`` of a repo id
+    (``owner/name``) at a revision into the standard Hub cache.
     """
-    return None
+    from ..hub.rules import hub_rule_resolver  # lazy: the hub package imports this module
+
+    return hub_rule_resolver
 
 
 def _local_rule_path(source: str | os.PathLike) -> Path | None:

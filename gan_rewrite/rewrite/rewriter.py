@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,9 @@ class Rewriter:
         G: the generator (not modified).
         layer: the layer to rewrite; default ``G.config.default_layer``.
         truncation: truncation for every sample the request refers to (``None``: the model's default).
-        base_model: repo id or name recorded in the rule (default: from ``G.config.extra``).
+        base_model: repo id or name recorded in the rule (default: the Hub repo the generator was loaded
+            from, else from ``G.config.extra``).
+        base_revision: its revision (default: the commit the generator was loaded at, else from ``extra``).
 
     Raises:
         LayerError: ``layer`` is not one of ``G.layer_names``.
@@ -110,6 +112,9 @@ class Rewriter:
         self.kind = layer_kind(G.layer_module(self.layer))
         self.truncation = None if truncation is None else float(truncation)
         extra = G.config.extra or {}
+        source = getattr(G, "hub_source", None)  # set by load_generator for a model from a Hub repo
+        if source is not None:
+            extra = {**extra, "base_model": source.repo_id, "revision": source.commit}
         self.base_model = (
             base_model
             if base_model is not None
@@ -125,11 +130,35 @@ class Rewriter:
 
     # ----- statistics --------------------------------------------------------------------------
     def compute_stats(self, n: int = 1000, batch_size: int | None = None, *, seed: int = 0, **kwargs: Any) -> KeyStats:
-        """Compute (or fetch from the cache) the key statistics at the layer; see :func:`compute_stats`."""
+        """Compute (or fetch) the key statistics at the layer; see :func:`compute_stats`.
+
+        Tried in order: the local cache; for a generator loaded from the Hub, the statistics pushed beside
+        it in its repo (``stats/<layer>.safetensors``, used only when the model hash and request match);
+        computing. Pass ``remote=None`` to skip the Hub.
+
+        Example:
+            >>> G = gr.load_generator("owner/stylegan2-church")
+            >>> Rewriter(G, "layer8").compute_stats(n=1000)  # from the repo when pushed there, else computed
+        """
+        kwargs.setdefault("remote", self._hub_stats(n, seed))
         self.stats = compute_stats(
             self.G, self.layer, n, batch_size=batch_size, truncation=self.truncation, seed=seed, **kwargs
         )
         return self.stats
+
+    def _hub_stats(self, n: int, seed: int) -> Callable[[str], KeyStats | None] | None:
+        """Fetcher of the statistics in the model's own Hub repo (``G.hub_source``), or ``None``."""
+        source = getattr(self.G, "hub_source", None)
+        if source is None:
+            return None
+        from ..hub.stats import stats_from_source
+
+        def fetch(model_hash: str) -> KeyStats | None:
+            return stats_from_source(
+                source, self.layer, model_sha256=model_hash, n=n, truncation=self.truncation, seed=seed
+            )
+
+        return fetch
 
     def set_stats(self, stats: KeyStats) -> None:
         """Use statistics computed elsewhere (e.g. loaded from ``stats/<layer>.safetensors``).

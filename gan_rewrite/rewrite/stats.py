@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -248,6 +248,7 @@ def compute_stats(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    remote: Callable[[str], KeyStats | None] | None = None,
 ) -> KeyStats:
     """Compute (or fetch from the cache) ``C = E[k kᵀ]`` at ``layer`` over ``n`` seeded samples.
 
@@ -264,6 +265,9 @@ def compute_stats(
         cache_dir: cache folder (default ``<gan-rewrite home>/stats``).
         use_cache: read and write the cache.
         progress: show a tqdm bar.
+        remote: asked after a cache miss, before computing: ``model_hash -> KeyStats | None`` (e.g. the
+            statistics pushed beside the model on the Hub). Used, and cached, only when they match the request;
+            not asked under ``torch.distributed``.
 
     Returns:
         :class:`KeyStats`.
@@ -298,6 +302,12 @@ def compute_stats(
                 if cached.matches(model_hash, layer, n, truncation, seed):
                     logger.info("key statistics for %s from cache %s", layer, path)
                     return cached
+    if remote is not None and world == 1:
+        fetched = remote(model_hash)
+        if fetched is not None and fetched.matches(model_hash, layer, n, truncation, seed):
+            if path is not None:
+                fetched.save(path)
+            return fetched
     share = _share(n, rank, world)
     seeds = [seed + i for i in share]
     was_training = G.training
