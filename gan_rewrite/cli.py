@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import logging
+import math
+import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .errors import GanRewriteError
+from .errors import GanRewriteError, RuleError, RuleMismatchError, RuleNotFoundError
+
+if TYPE_CHECKING:
+    from .models.base import GANGenerator
 
 logger = logging.getLogger("gan_rewrite.cli")
 
 
+# ----- argument types --------------------------------------------------------------------------------
 def parse_seeds(text: str) -> list[int]:
     """``"0-7"``, ``"0,3,5"`` or ``"0-3,10"`` → a list of seeds (ranges inclusive)."""
     seeds: list[int] = []
@@ -35,11 +44,178 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_rule(text: str) -> tuple[str, float]:
+    """``"PATH_OR_REPO[:SCALE]"`` → ``(source, scale)``; the scale defaults to 1.
+
+    The text is split on its *last* ``':'`` only when what follows is a number, so ``C:\\rules\\r.safetensors``
+    or ``owner/rule`` keep their colons; a local path that exists is always taken whole.
+
+    Example:
+        >>> parse_rule("rules/smile.safetensors:0.5")
+        ('rules/smile.safetensors', 0.5)
+        >>> parse_rule("owner/smile")
+        ('owner/smile', 1.0)
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("empty rule; give a rule file, a folder, or a Hub repo id")
+    if Path(text).expanduser().exists():
+        return text, 1.0
+    source, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            scale = float(tail)
+        except ValueError:
+            return text, 1.0
+        if not source:
+            raise argparse.ArgumentTypeError(f"rule {text!r} has a scale but no rule before the ':'")
+        if not math.isfinite(scale):
+            raise argparse.ArgumentTypeError(f"the scale of rule {text!r} must be a finite number, got {tail!r}")
+        return source, scale
+    return text, 1.0
+
+
 def _truncation(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"--truncation must be in [0, 1], got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+# ----- rules on the command line ----------------------------------------------------------------------
+def rule_file(source: str) -> Path:
+    """The local ``rule.safetensors`` for a rule source: a file, a folder holding one, or a Hub repo id."""
+    from .rewrite.delta import RULE_FILENAME, default_resolver
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / RULE_FILENAME
+    if path.is_file():
+        return path
+    resolver = default_resolver()
+    if resolver is None:
+        raise RuleNotFoundError(f"rule {source!r} is not a rule file or a folder holding {RULE_FILENAME}.")
+    path = Path(resolver(source, None))
+    if path.is_dir():
+        path = path / RULE_FILENAME
+    if not path.is_file():
+        raise RuleNotFoundError(f"rule {source!r} could not be resolved to a file.")
+    return path
+
+
+def load_rules(
+    G: GANGenerator, rules: Sequence[tuple[str, float]], *, force: bool, force_flag: str
+) -> list[dict[str, Any]]:
+    """Load ``(source, scale)`` rules onto ``G``; returns one provenance record per rule.
+
+    Raises:
+        RuleMismatchError: a rule was made for another base weight and ``force`` is false (the message names
+            ``force_flag``), or does not fit the layer's shape.
+    """
+    from .rewrite.delta import RULE_FILENAME, RuleDelta
+    from .rules import weight_sha256
+
+    records: list[dict[str, Any]] = []
+    taken: set[str] = {rule.name for rule in G.active_rules}
+    for source, scale in rules:
+        path = rule_file(source)
+        delta = RuleDelta.load(path)
+        here = Path(source)
+        stem = (here.parent.name if here.name == RULE_FILENAME else here.name).removesuffix(".safetensors") or "rule"
+        name, k = stem, 2
+        while name in taken:
+            name, k = f"{stem}-{k}", k + 1
+        taken.add(name)
+        mismatched = [
+            layer
+            for layer, part in delta.layers.items()
+            if layer in G.layer_names and weight_sha256(G.original_layer_weight(layer)) != part.base_layer_sha256
+        ]
+        if mismatched and not force:
+            raise RuleMismatchError(
+                f"rule {source!r} was made for another model ({delta.base_model or 'unknown'!r}): the weight "
+                f"of {', '.join(mismatched)} it was solved against differs from this model's. Pass `{force_flag}` "
+                "to load it anyway."
+            )
+        G.load_rule(delta, name=name, scale=scale, force=force)
+        records.append(
+            {
+                "name": name,
+                "source": source,
+                "scale": scale,
+                "rule_scale": delta.scale,
+                "layers": delta.layer_names,
+                "sha256": _file_sha256(path),
+                "base_model": delta.base_model,
+                "method": delta.method,
+            }
+        )
+    return records
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----- torch.distributed -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def distributed(device: str | None) -> Iterator[tuple[int, str | None]]:
+    """Join the process group a launcher (``torchrun``) describes; yields ``(rank, device)``.
+
+    With ``WORLD_SIZE`` > 1 in the environment and no group yet, the group is initialised (NCCL when the
+    ranks run on CUDA, else Gloo) and destroyed on exit. Without it this is a no-op yielding rank 0.
+    On CUDA each rank takes the GPU of its ``LOCAL_RANK`` (for ``device`` ``None`` or ``"cuda"``).
+
+    Example:
+        ``torchrun --nproc_per_node=2 -m gan_rewrite.cli stats dcgan-faces-64 --layer layer3 -n 1000``
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        yield (dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), device
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_gpu = torch.cuda.is_available() if device is None else torch.device(device) == torch.device("cuda")
+    if wants_gpu:  # one GPU per rank; an explicit `cuda:N` is taken as given
+        if local_rank >= torch.cuda.device_count():
+            raise GanRewriteError(
+                f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible): start at most "
+                "that many processes per node (--nproc_per_node), or pass `--device cpu`."
+            )
+        device = f"cuda:{local_rank}"
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+    try:
+        yield dist.get_rank(), device or "cpu"
+    finally:
+        dist.destroy_process_group()
 
 
 # ----- sub-commands ------------------------------------------------------------------------------------
@@ -49,9 +225,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     overrides = {"resolution": args.size} if args.size else {}
     generator = convert_checkpoint(args.src, format=args.format, **overrides)
     generator.save_pretrained(args.out_dir)
-    print(f"converted {args.src} ({args.format}, {generator.config.architecture} "
-          f"{generator.config.resolution}px, layers {generator.layer_names[0]}..{generator.layer_names[-1]}) "
-          f"→ {args.out_dir}")
+    print(
+        f"converted {args.src} ({args.format}, {generator.config.architecture} "
+        f"{generator.config.resolution}px, layers {generator.layer_names[0]}..{generator.layer_names[-1]}) "
+        f"→ {args.out_dir}"
+    )
     return 0
 
 
@@ -60,27 +238,163 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .imaging import image_grid, save_image
 
     generator = load_generator(args.model, revision=args.revision, device=args.device)
+    records = load_rules(generator, args.rule, force=args.rule_force, force_flag="--rule-force")
     start = time.perf_counter()
     images = generator.sample(args.seeds, args.truncation, batch_size=args.batch_size, progress=True)
     elapsed = time.perf_counter() - start
     save_image(image_grid(images, nrow=args.nrow), args.out)
-    print(f"wrote {len(args.seeds)} samples of {args.model} to {args.out} "
-          f"({1000 * elapsed / len(args.seeds):.1f} ms per image on {generator.device})")
+    with_rules = "".join(f", rule {r['name']} × {r['scale']:g}" for r in records)
+    print(
+        f"wrote {len(args.seeds)} samples of {args.model}{with_rules} to {args.out} "
+        f"({1000 * elapsed / len(args.seeds):.1f} ms per image on {generator.device})"
+    )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .hub.loading import load_generator
+    from .rewrite.rewriter import Rewriter
+    from .rewrite.stats import cache_path, default_cache_dir, model_sha256
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    with distributed(args.device) as (rank, device):
+        generator = load_generator(args.model, revision=args.revision, device=device)
+        rewriter = Rewriter(generator, args.layer, truncation=args.truncation)  # LayerError on an unknown layer
+        cached = None
+        if not args.no_cache and world == 1:  # a distributed run never reads the cache
+            cached = cache_path(
+                default_cache_dir(), model_sha256(generator), args.layer, args.n, args.truncation, args.seed
+            )
+            cached = cached if cached.is_file() else None
+        start = time.perf_counter()
+        # Through the Rewriter: the local cache, then statistics pushed beside a Hub model, then computing.
+        stats = rewriter.compute_stats(
+            args.n, args.batch_size, seed=args.seed, use_cache=not args.no_cache, progress=True
+        )
+        elapsed = time.perf_counter() - start
+        if rank != 0:
+            return 0
+        where = "not saved (--no-cache and no --out)" if args.no_cache else "the cache"
+        if args.out:
+            stats.save(args.out)
+            where = args.out
+        if cached is not None:
+            speed = f"read from the cache {cached}"
+        else:
+            speed = f"{args.n / elapsed:.1f} samples/s" + (f" on {world} processes" if world > 1 else "")
+        print(
+            f"key statistics of {args.model} at {stats.layer}: n={stats.n} samples, count={stats.count} keys "
+            f"of dim {stats.dim} ({speed}) → {where}"
+        )
+    return 0
+
+
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from .hub.loading import load_generator
+    from .rewrite.rewriter import solve_spec
+    from .rewrite.spec import check_spec, read_spec
+    from .rewrite.stats import KeyStats
+
+    spec = read_spec(args.spec)
+    stats = KeyStats.load(args.stats) if args.stats else None
+    generator = load_generator(args.model, revision=args.revision, device=args.device)
+    generator.layer_index(spec["layer"])  # LayerError naming the model's layers, before any work
+    try:
+        check_spec(spec, resolution=generator.resolution)
+    except RuleError as err:
+        raise RuleError(f"spec {args.spec!r} does not fit {args.model}: {err}") from err
+    start = time.perf_counter()
+    # A model from the Hub records the exact commit it was loaded at; `--revision` may be a branch or tag.
+    from_hub = getattr(generator, "hub_source", None) is not None
+    revision = {"base_revision": args.revision} if args.revision and not from_hub else {}
+    delta = solve_spec(generator, spec, stats=stats, progress=True, base_model=args.model, **revision)
+    elapsed = time.perf_counter() - start
+    path = delta.save(args.out)
+    part = delta.layers[spec["layer"]]
+    note = "" if stats is not None else " (key statistics included)"
+    print(
+        f"solved a rank-{part.rank} {delta.method} rule at {spec['layer']} of {args.model} in {elapsed:.2f} s"
+        f"{note} → {path}"
+    )
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .hub.loading import load_generator
+
+    out = Path(args.out)
+    model_path = Path(args.model).expanduser()
+    if model_path.is_dir() and out.exists() and out.resolve() == model_path.resolve():
+        raise GanRewriteError(f"`--out` {args.out!r} is the model folder itself; write the new model elsewhere.")
+    generator = load_generator(args.model, revision=args.revision, device=args.device)
+    records = load_rules(generator, args.rules, force=args.force, force_flag="--force")
+    generator.fuse_rules()
+    extra = generator.config.extra
+    base_name = extra.get("name") or args.model
+    applied = [*extra.get("applied_rules", []), *records]
+    extra.update(
+        {
+            "name": out.resolve().name,
+            "derived_from": args.model + (f"@{args.revision}" if args.revision else ""),
+            "applied_rules": applied,
+            "description": (
+                f"{base_name} with the gan-rewrite rule(s) "
+                f"{', '.join(r['name'] for r in applied)} fused into its weights."
+            ),
+        }
+    )
+    extra["provenance"] = {
+        **(extra.get("provenance") or {}),
+        "rules applied": "; ".join(
+            f"{r['name']} × {r['scale']:g} from {r['source']} (sha256 {r['sha256'][:16]}…)" for r in applied
+        ),
+    }
+    generator.save_pretrained(out)
+    summary = ", ".join(f"{r['name']} × {r['scale']:g}" for r in records)
+    print(f"fused {len(records)} rule(s) ({summary}) into {args.model} → {out}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub.loading import load_folder
+    from .hub.loading import load_folder, load_generator
+    from .hub.mixin import CONFIG_NAME
+    from .rewrite.delta import RULE_FILENAME, RuleDelta
 
     path = Path(args.path)
+    is_rule = (path.is_file() and path.suffix == ".safetensors") or (
+        path.is_dir() and (path / RULE_FILENAME).is_file() and not (path / CONFIG_NAME).is_file()
+    )
+    if is_rule:
+        delta = RuleDelta.load(path)
+        generator = load_generator(args.model, device=args.device, token=args.token) if args.model else None
+        preview = {"preview_seeds": None} if args.no_preview else {}
+        info = delta.push_to_hub(
+            args.repo_id,
+            generator=generator,
+            private=args.private,
+            token=args.token,
+            commit_message=args.message,
+            revision=args.revision,
+            **preview,
+        )
+        print(f"pushed rule {args.path} ({', '.join(delta.layer_names)}) to {args.repo_id} (commit {info.oid})")
+        return 0
     if not path.is_dir():
-        raise GanRewriteError(f"{args.path!r} is not a model folder; `push` uploads a folder written by "
-                              "`convert` or `apply`.")
+        raise GanRewriteError(
+            f"{args.path!r} is neither a model folder nor a rule; `push` uploads a folder "
+            "written by `convert` or `apply`, a rule file, or a folder holding rule.safetensors."
+        )
     generator = load_folder(path)
-    info = generator.push_to_hub(args.repo_id, private=args.private, token=args.token,
-                                 commit_message=args.message, revision=args.revision)
+    info = generator.push_to_hub(
+        args.repo_id, private=args.private, token=args.token, commit_message=args.message, revision=args.revision
+    )
     print(f"pushed {args.path} to {args.repo_id} (commit {info.oid})")
     return 0
+
+
+MODEL_HELP = "Hub repo id, model folder, or known name (e.g. dcgan-faces-64)"
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto)"
+REVISION_HELP = "Hub branch, tag or commit sha of the model"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,23 +412,106 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=cmd_convert)
 
     sample = commands.add_parser("sample", help="write a grid of samples to an image file")
-    sample.add_argument("model", help="Hub repo id, model folder, or known name (e.g. dcgan-faces-64)")
+    sample.add_argument("model", help=MODEL_HELP)
     sample.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-7"), help="e.g. 0-7 or 0,3,5")
     sample.add_argument("--out", required=True, help="output image, e.g. grid.png")
     sample.add_argument("--truncation", type=_truncation, default=None)
     sample.add_argument("--nrow", type=int, default=None, help="images per row (default ≈ √N)")
-    sample.add_argument("--batch-size", type=int, default=16)
-    sample.add_argument("--revision", default=None, help="Hub branch, tag or commit sha")
-    sample.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    sample.add_argument("--batch-size", type=_positive_int, default=16)
+    sample.add_argument(
+        "--rule",
+        type=parse_rule,
+        action="append",
+        default=[],
+        metavar="PATH_OR_REPO[:SCALE]",
+        help="load a rule before sampling (repeatable); SCALE defaults to 1",
+    )
+    sample.add_argument(
+        "--rule-force", action="store_true", help="load rules even if they were made for a different base weight"
+    )
+    sample.add_argument("--revision", default=None, help=REVISION_HELP)
+    sample.add_argument("--device", default=None, help=DEVICE_HELP)
     sample.set_defaults(run=cmd_sample)
 
-    push = commands.add_parser("push", help="upload a model folder to a Hub repo")
-    push.add_argument("path", help="the model folder")
+    stats = commands.add_parser(
+        "stats",
+        help="compute the key statistics of a layer (works under torchrun)",
+        epilog="Under torchrun every process takes a share of the seeds, e.g. `torchrun --nproc_per_node=2 -m "
+        "gan_rewrite.cli stats MODEL --layer layer3 -n 1000 --out stats.safetensors` (write `-n`: torchrun "
+        "rejects `--n` as an abbreviation of its own options); only rank 0 writes and prints.",
+    )
+    stats.add_argument("model", help=MODEL_HELP)
+    stats.add_argument("--layer", required=True, help="the layer, e.g. layer3")
+    # `-n` / `--num-samples` for torchrun, whose own parser rejects `--n` as an ambiguous abbreviation.
+    stats.add_argument(
+        "-n",
+        "--n",
+        "--num-samples",
+        dest="n",
+        type=_positive_int,
+        default=1000,
+        help="number of samples (default 1000)",
+    )
+    stats.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="samples per forward pass (default 64 on the CPU, 256 on CUDA)",
+    )
+    stats.add_argument("--truncation", type=_truncation, default=None)
+    stats.add_argument("--seed", type=_non_negative_int, default=0, help="first seed (default 0)")
+    stats.add_argument("--out", default=None, help="also write them to this file (e.g. stats.safetensors)")
+    stats.add_argument("--no-cache", action="store_true", help="neither read nor write the statistics cache")
+    stats.add_argument("--revision", default=None, help=REVISION_HELP)
+    stats.add_argument("--device", default=None, help=DEVICE_HELP)
+    stats.set_defaults(run=cmd_stats)
+
+    rewrite = commands.add_parser("rewrite", help="solve a rule from a spec (JSON, see docs/spec.md)")
+    rewrite.add_argument("model", help=MODEL_HELP)
+    rewrite.add_argument("--spec", required=True, help="the request, e.g. rule.json as the Space saves it")
+    rewrite.add_argument("--out", required=True, help="the rule file to write, e.g. rule.safetensors")
+    rewrite.add_argument(
+        "--stats",
+        default=None,
+        help="key statistics file to use (default: computed with the spec's n and seed, cached)",
+    )
+    rewrite.add_argument(
+        "--revision",
+        default=None,
+        help=REVISION_HELP + "; recorded in the rule (for a Hub model: the commit it resolves to)",
+    )
+    rewrite.add_argument("--device", default=None, help=DEVICE_HELP)
+    rewrite.set_defaults(run=cmd_rewrite)
+
+    apply = commands.add_parser("apply", help="fuse rules into a new model folder")
+    apply.add_argument("model", help=MODEL_HELP)
+    apply.add_argument(
+        "rules",
+        nargs="+",
+        type=parse_rule,
+        metavar="RULE[:SCALE]",
+        help="rule files, folders or Hub repo ids; SCALE defaults to 1",
+    )
+    apply.add_argument("--out", required=True, help="the model folder to write")
+    apply.add_argument(
+        "--force", action="store_true", help="apply rules even if they were made for a different base weight"
+    )
+    apply.add_argument("--revision", default=None, help=REVISION_HELP)
+    apply.add_argument("--device", default=None, help=DEVICE_HELP)
+    apply.set_defaults(run=cmd_apply)
+
+    push = commands.add_parser("push", help="upload a model folder or a rule to a Hub repo")
+    push.add_argument("path", help="a model folder, a rule file, or a folder holding rule.safetensors")
     push.add_argument("repo_id", help="owner/name")
     push.add_argument("--private", action="store_true", default=None)
     push.add_argument("--token", default=None)
     push.add_argument("--message", default=None, help="commit message")
     push.add_argument("--revision", default=None, help="branch to push to")
+    push.add_argument(
+        "--model", default=None, help="for a rule: the model that renders its preview (default: the rule's base model)"
+    )
+    push.add_argument("--no-preview", action="store_true", help="for a rule: upload no preview.png")
+    push.add_argument("--device", default=None, help=DEVICE_HELP + "; for the preview")
     push.set_defaults(run=cmd_push)
     return parser
 
@@ -123,8 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gan-rewrite`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.run(args)
     except GanRewriteError as exc:

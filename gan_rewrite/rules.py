@@ -90,7 +90,7 @@ class RuleMixin:
         """Add a rule to the model; its layers' weights change at once.
 
         Args:
-            rule: a :class:`RuleDelta`, or a path to a rule file / folder.
+            rule: a :class:`RuleDelta`, a path to a rule file / folder, or a Hub repo id ``owner/name``.
             name: how to refer to the rule later; default: the file stem, else ``rule<N>``.
             scale: strength multiplier on top of the rule's own ``scale`` (0 disables, negative inverts).
             force: load even if the rule was made for a different base weight (hash mismatch).

@@ -29,7 +29,9 @@ def test_parse_seeds_rejects(text: str) -> None:
 
 def test_sample_writes_a_grid_of_the_seeds(dcgan_faces, tmp_path: Path, capsys) -> None:
     out = tmp_path / "grid.png"
-    assert main(["sample", "dcgan-faces-64", "--seeds", "0-3", "--out", str(out), "--nrow", "2"]) == 0
+    assert (
+        main(["sample", "dcgan-faces-64", "--seeds", "0-3", "--out", str(out), "--nrow", "2", "--device", "cpu"]) == 0
+    )
     assert "ms per image" in capsys.readouterr().out
     grid = np.asarray(Image.open(out))
     assert grid.shape == (2 * 66 + 2, 2 * 66 + 2, 3)
@@ -47,8 +49,19 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path, capsys) -> None:
 
 def test_console_script_runs(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gan_rewrite.cli", "convert", str(tmp_path / "none.pt"), str(tmp_path / "o"),
-         "--format", "dcgan"], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "gan_rewrite.cli",
+            "convert",
+            str(tmp_path / "none.pt"),
+            str(tmp_path / "o"),
+            "--format",
+            "dcgan",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "does not exist" in result.stderr

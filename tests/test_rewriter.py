@@ -161,8 +161,13 @@ def test_invalid_requests_raise_clear_errors(tiny: DCGANGenerator) -> None:
     assert rw.solve(rank=1).layers[rw.layer].rank == 1
     with pytest.raises(RuleError, match="version"):
         Rewriter.from_spec(tiny, {"layer": "layer2"})
-    with pytest.raises(RuleError, match="malformed"):
+    with pytest.raises(RuleError, match="field `layer` must be a layer name"):
         Rewriter.from_spec(tiny, {"version": 1})
+    spec = rw.spec()
+    with pytest.raises(LayerError, match="unknown layer 'layer9'"):
+        Rewriter.from_spec(tiny, {**spec, "layer": "layer9"})
+    with pytest.raises(RuleError, match=r"field `copy.mask` is 8×8 but the model makes 16×16"):
+        Rewriter.from_spec(tiny, {**spec, "copy": {"seed": 0, "mask": encode_mask(torch.ones(8, 8))}})
 
 
 def test_numpy_masks_and_mask_codes() -> None:

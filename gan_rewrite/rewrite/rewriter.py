@@ -394,8 +394,10 @@ class Rewriter:
                 spec = json.loads(spec)
             except json.JSONDecodeError as err:
                 raise RuleError(f"rule spec is not valid JSON: {err}") from err
-        if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
-            raise RuleError(f'unsupported rule spec (expected a dict with "version": {SPEC_VERSION}).')
+        from .spec import check_spec
+
+        check_spec(spec, resolution=G.resolution)
+        G.layer_index(spec["layer"])  # LayerError naming the model's layers
         try:
             rw = cls(G, spec["layer"], truncation=spec.get("truncation"), **kwargs)
             for item in spec.get("context") or []:

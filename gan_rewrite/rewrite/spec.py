@@ -1,0 +1,189 @@
+"""Rule specs: the JSON request behind every rule (``Rewriter.spec()``, a rule repo's ``rule.json``).
+
+Checked here, in one place, for the library, the CLI and the Space: fields, types and mask codes, each
+error naming the field (``docs/spec.md`` documents the format).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import RuleError, RuleNotFoundError
+
+_SPEC_FIELDS = {
+    "version",
+    "layer",
+    "truncation",
+    "context",
+    "copy",
+    "paste",
+    "erase",
+    "region",
+    "stats",
+    "rank",
+    "method",
+    "solver",
+}
+
+
+def read_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a rule spec (the JSON of ``Rewriter.spec()`` / a rule's ``rule.json``).
+
+    Only the form is checked here (fields, types, mask codes); whether the layer exists and the masks fit
+    the model is checked when the request is rebuilt on the model.
+
+    Raises:
+        RuleNotFoundError: there is no such file.
+        RuleError: the file is not JSON, or a field is missing, unknown or mistyped (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RuleNotFoundError(f"no spec file {str(path)!r}.")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RuleError(f"spec {str(path)!r} is not valid JSON: {err}") from err
+    try:
+        check_spec(spec)
+    except RuleError as err:
+        raise RuleError(f"spec {str(path)!r}: {err}") from err
+    return spec
+
+
+def check_spec(spec: Any, *, resolution: int | None = None) -> None:
+    """Check the form of a rule spec (see ``docs/spec.md``); raises :class:`RuleError` naming the field.
+
+    Args:
+        spec: the parsed JSON.
+        resolution: when given, every mask must be ``resolution × resolution`` (the model's image size).
+    """
+    from .context import decode_mask
+    from .rewriter import SPEC_VERSION
+    from .solve import SOLVERS
+
+    if not isinstance(spec, dict):
+        raise RuleError(f"a spec must be a JSON object, got {type(spec).__name__}.")
+    unknown = sorted(set(spec) - _SPEC_FIELDS)
+    if unknown:
+        raise RuleError(f"unknown field(s) {unknown}; a spec has {sorted(_SPEC_FIELDS)}.")
+    if spec.get("version") != SPEC_VERSION:
+        raise RuleError(f"field `version` must be {SPEC_VERSION}, got {spec.get('version')!r}.")
+    if not isinstance(spec.get("layer"), str) or not spec["layer"]:
+        raise RuleError(f"field `layer` must be a layer name (a string), got {spec.get('layer')!r}.")
+    _check_number(spec, "truncation", "truncation", low=0.0, high=1.0, optional=True)
+
+    def painted(value: Any, where: str, extra: frozenset[str] = frozenset()) -> None:
+        if not isinstance(value, dict):
+            raise RuleError(f"field `{where}` must be an object with `seed` and `mask`, got {value!r}.")
+        unknown = sorted(set(value) - {"seed", "mask"} - extra)
+        if unknown:
+            raise RuleError(f"field `{where}` has unknown key(s) {unknown}.")
+        _check_int(value, "seed", f"{where}.seed")
+        if "mask" in value or "offset" not in extra:
+            if not isinstance(value.get("mask"), str):
+                raise RuleError(f"field `{where}.mask` must be a mask code string, got {value.get('mask')!r}.")
+            try:
+                shape = tuple(decode_mask(value["mask"]).shape)
+            except RuleError as err:
+                raise RuleError(f"field `{where}.mask`: {err}") from err
+            if resolution is not None and shape != (resolution, resolution):
+                raise RuleError(
+                    f"field `{where}.mask` is {shape[0]}×{shape[1]} but the model makes "
+                    f"{resolution}×{resolution} images; masks have the image resolution."
+                )
+
+    context = spec.get("context") or []
+    if not isinstance(context, list):
+        raise RuleError(f"field `context` must be a list of {{seed, mask}} objects, got {context!r}.")
+    for i, item in enumerate(context):
+        painted(item, f"context[{i}]")
+    if spec.get("copy") is not None:
+        painted(spec["copy"], "copy")
+    paste = spec.get("paste")
+    if paste is not None:
+        painted(paste, "paste", frozenset({"offset"}))
+        if "mask" in paste and "offset" in paste:
+            raise RuleError("field `paste` has both `mask` and `offset`; give one.")
+        if "offset" in paste:
+            offset = paste["offset"]
+            if not (isinstance(offset, list) and len(offset) == 2 and all(_is_int(v) for v in offset)):
+                raise RuleError(f"field `paste.offset` must be two integers [dy, dx], got {offset!r}.")
+    erase = spec.get("erase")
+    if erase is not None:
+        painted(erase, "erase", frozenset({"units"}))
+        units = erase.get("units")
+        if units is not None and not (isinstance(units, list) and all(_is_int(u) for u in units)):
+            raise RuleError(f"field `erase.units` must be null or a list of channel indices, got {units!r}.")
+    if erase is None and (spec.get("copy") is None or paste is None):
+        raise RuleError("no goal: give both `copy` and `paste`, or `erase`.")
+    if erase is not None and (spec.get("copy") is not None or paste is not None):
+        raise RuleError("give either `copy` + `paste` or `erase`, not both.")
+    if spec.get("region", "mask") not in ("mask", "box"):
+        raise RuleError(f"field `region` must be 'mask' or 'box', got {spec.get('region')!r}.")
+    stats = spec.get("stats")
+    if stats is not None:
+        if not isinstance(stats, dict):
+            raise RuleError(f"field `stats` must be null or an object {{n, seed, truncation}}, got {stats!r}.")
+        unknown = sorted(set(stats) - {"n", "seed", "truncation"})
+        if unknown:
+            raise RuleError(f"field `stats` has unknown key(s) {unknown}.")
+        if "n" in stats:
+            _check_int(stats, "n", "stats.n", low=1)
+        if "seed" in stats:
+            _check_int(stats, "seed", "stats.seed")
+        _check_number(stats, "truncation", "stats.truncation", low=0.0, high=1.0, optional=True)
+    if "rank" in spec:
+        _check_int(spec, "rank", "rank", low=1)
+    method = spec.get("method", "closed_form")
+    if method not in SOLVERS:
+        raise RuleError(f"field `method` must be one of {sorted(SOLVERS)}, got {method!r}.")
+    solver = spec.get("solver") or {}
+    if not isinstance(solver, dict):
+        raise RuleError(f"field `solver` must be an object of solver options, got {solver!r}.")
+    params = inspect.signature(SOLVERS[method]).parameters
+    options = {  # the JSON-able keyword options (a `loss_fn` is code, not data)
+        name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "loss_fn"
+    }
+    unknown = sorted(set(solver) - set(options))
+    if unknown:
+        raise RuleError(
+            f"field `solver` has option(s) {unknown} that method {method!r} does not take; it takes {sorted(options)}."
+        )
+    for name, value in solver.items():
+        default = options[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif _is_int(default):
+            ok = _is_int(value) and value >= 0
+        else:  # a float, or None for "automatic"
+            ok = (value is None and default is None) or (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            )
+        if not ok:
+            raise RuleError(
+                f"field `solver.{name}` must be like its default {default!r} (non-negative), got {value!r}."
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(obj: dict[str, Any], key: str, where: str, *, low: int = 0) -> None:
+    value = obj.get(key)
+    if not _is_int(value) or value < low:
+        raise RuleError(f"field `{where}` must be an integer >= {low}, got {value!r}.")
+
+
+def _check_number(obj: dict[str, Any], key: str, where: str, *, low: float, high: float, optional: bool) -> None:
+    value = obj.get(key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise RuleError(
+            f"field `{where}` must be {'null or ' if optional else ''}a number in [{low}, {high}], got {value!r}."
+        )
