@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -131,8 +130,8 @@ def load_rules(
         RuleMismatchError: a rule was made for another base weight and ``force`` is false (the message names
             ``force_flag``), or does not fit the layer's shape.
     """
+    from .hashing import file_sha256, tensor_sha256
     from .rewrite.delta import RULE_FILENAME, RuleDelta
-    from .rules import weight_sha256
 
     records: list[dict[str, Any]] = []
     taken: set[str] = {rule.name for rule in G.active_rules}
@@ -148,7 +147,7 @@ def load_rules(
         mismatched = [
             layer
             for layer, part in delta.layers.items()
-            if layer in G.layer_names and weight_sha256(G.original_layer_weight(layer)) != part.base_layer_sha256
+            if layer in G.layer_names and tensor_sha256(G.original_layer_weight(layer)) != part.base_layer_sha256
         ]
         if mismatched and not force:
             raise RuleMismatchError(
@@ -164,20 +163,12 @@ def load_rules(
                 "scale": scale,
                 "rule_scale": delta.scale,
                 "layers": delta.layer_names,
-                "sha256": _file_sha256(path),
+                "sha256": file_sha256(path),
                 "base_model": delta.base_model,
                 "method": delta.method,
             }
         )
     return records
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----- torch.distributed -------------------------------------------------------------------------------

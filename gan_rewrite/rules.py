@@ -16,7 +16,6 @@ on a fused model load onto it); ``unfuse_rules()`` turns them back into separate
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import RuleError, RuleMismatchError
+from .hashing import cached_digest, tensor_sha256
 from .rewrite.delta import RuleDelta
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,6 @@ class _LoadedRule:
 class _RuleState:
     rules: dict[str, _LoadedRule] = field(default_factory=dict)
     originals: dict[str, Tensor] = field(default_factory=dict)  # layer -> weight before any rule
-
-
-def weight_sha256(weight: Tensor) -> str:
-    """SHA-256 of a weight as float32, CPU, C order (the same digest as ``G.layer_weight_sha256``)."""
-    data = weight.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
 
 
 class RuleMixin:
@@ -127,7 +121,7 @@ class RuleMixin:
                     f"rule {name!r} does not fit layer {layer!r}: its delta has shape {tuple(dw.shape)}, "
                     f"the layer weight {tuple(base.shape)}."
                 )
-            digest = weight_sha256(base)
+            digest = cached_digest(self, f"base:{layer}", [base], lambda base=base: tensor_sha256(base))
             if digest != part.base_layer_sha256:
                 message = (
                     f"rule {name!r} was made for a different {layer!r} weight (sha256 "

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from gan_rewrite.models import DCGANConfig, DCGANGenerator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_device() -> None:
+    """Exact comparisons need one device: CPU unless the run asks for another (GAN_REWRITE_DEVICE=cuda)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GAN_REWRITE_DEVICE", os.environ.get("GAN_REWRITE_DEVICE") or "cpu")
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -198,3 +198,15 @@ def test_estimate_latent_avg_is_the_mean_w(tiny: StyleGAN2Generator) -> None:
             torch.testing.assert_close(estimate, tiny.mapping(z).mean(0), rtol=1e-5, atol=1e-5)
     finally:
         tiny.latent_avg.copy_(before)
+
+
+def test_partial_noise_is_a_prefix_and_enough_for_forward_to(tiny: StyleGAN2Generator) -> None:
+    seeds, layer = [3, 4], tiny.layer_names[3]
+    full = tiny.make_noise(seeds)
+    part = tiny.make_noise(seeds, layers=3)
+    assert len(part) == 3 and all(torch.equal(a, b) for a, b in zip(part, full[:3], strict=True))
+    z = tiny.make_latents(seeds)
+    cut = tiny.forward_to(layer, z, noise=part)
+    torch.testing.assert_close(cut.features, tiny.forward_to(layer, z, noise=full).features, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="covers only the first 3 layers"):
+        tiny.forward_from(layer, cut)

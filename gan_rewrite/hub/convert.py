@@ -8,7 +8,6 @@ hyper-parameters from the shapes; ``load_weights`` then checks every key and sha
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from .. import __version__
 from ..errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
+from ..hashing import file_sha256
 from .known import KnownModel, cache_home, package_file
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,6 @@ def read_checkpoint(path: str | Path) -> Any:
     except Exception as exc:  # torch.load fails in many ways on junk: report them all as one error
         raise CheckpointError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
                               f"{str(exc)[:200]}).") from exc
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
@@ -172,7 +164,7 @@ def convert_checkpoint(
         "provenance": {
             "converted_from": Path(source).name,
             "source_format": format,
-            "source_sha256": sha256_file(source),
+            "source_sha256": file_sha256(source),
             "converted_with": f"gan-rewrite {__version__}",
             **(provenance or {}),
         },

@@ -14,7 +14,7 @@ runs the rest. The rewrite engine reads keys from the state at a layer and write
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -25,14 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, LayerError
+from ..hashing import cached_digest, tensor_sha256
 from ..hub.mixin import HubMixin
 from ..rules import RuleMixin
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for, else CUDA when available, else CPU."""
+    """The device to run on: the one asked for, else ``$GAN_REWRITE_DEVICE``, else CUDA when available, else CPU."""
     if device is not None:
         return torch.device(device)
+    if os.environ.get("GAN_REWRITE_DEVICE"):
+        return torch.device(os.environ["GAN_REWRITE_DEVICE"])
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -245,8 +248,12 @@ class GANGenerator(RuleMixin, HubMixin, nn.Module):
                 )
         self.load_state_dict(state_dict, strict=False)
 
-    def make_noise(self, seeds: Sequence[int]) -> list[Tensor] | None:
-        """Per-seed noise inputs, for architectures that have them; ``None`` otherwise."""
+    def make_noise(self, seeds: Sequence[int], *, layers: int | None = None) -> list[Tensor] | None:
+        """Per-seed noise inputs, for architectures that have them (``None`` otherwise).
+
+        ``layers=k`` asks only for the inputs of the first ``k`` named layers: enough for ``forward_to``
+        the next one, and cheaper on large models.
+        """
         return None
 
     # ----- derived behaviour -------------------------------------------------------------------
@@ -273,8 +280,8 @@ class GANGenerator(RuleMixin, HubMixin, nn.Module):
 
     def layer_weight_sha256(self, layer: str) -> str:
         """SHA-256 of the layer's weight (float32, CPU, C order): identifies the base a rule was made on."""
-        weight = self.layer_module(layer).weight.detach().to("cpu", torch.float32).contiguous()
-        return hashlib.sha256(weight.numpy().tobytes()).hexdigest()
+        weight = self.layer_module(layer).weight
+        return cached_digest(self, f"layer:{layer}", [weight], lambda: tensor_sha256(weight))
 
     def make_latents(self, seeds: Sequence[int]) -> Tensor:
         """Latent codes ``(N, z_dim)`` on the model's device; seed ``s`` always gives the same row.

@@ -529,25 +529,30 @@ class StyleGAN2Generator(GANGenerator):
         self.latent_avg.copy_(total / n)
         return self.latent_avg
 
-    def make_noise(self, seeds: Sequence[int]) -> list[Tensor]:
+    def make_noise(self, seeds: Sequence[int], *, layers: int | None = None) -> list[Tensor]:
         """Per-seed noise inputs ``(N, 1, r, r)``, one per named layer, on the model's device.
 
         Seed ``s`` continues the CPU random stream that :meth:`make_latents` starts for its ``z`` (which is
         drawn and discarded here), so noise and latent are independent and no seed depends on the batch.
+        With ``layers=k`` only the first ``k`` maps are drawn — the same maps, since the stream runs in
+        layer order — which is all ``forward_to`` the (k+1)-th layer needs (statistics use this).
         """
+        sizes = self.noise_sizes()[:layers]
         per_seed = []
         for seed in seeds:
             generator = torch.Generator().manual_seed(int(seed))
             torch.randn(self.z_dim, generator=generator)  # the latent of this seed
-            per_seed.append([torch.randn(1, size, size, generator=generator) for size in self.noise_sizes()])
+            per_seed.append([torch.randn(1, size, size, generator=generator) for size in sizes])
+        if not sizes:
+            return []
         return [torch.stack(inputs).to(self.device) for inputs in zip(*per_seed, strict=True)]
 
     def _noise_inputs(self, noise: list[Tensor] | None, like: Tensor) -> list[Tensor]:
         if noise is None:
             return [getattr(self.noises, f"noise_{index}") for index in range(self.config.num_layers)]
-        if len(noise) != self.config.num_layers:
+        if len(noise) > self.config.num_layers:
             raise ValueError(
-                f"`noise` must hold {self.config.num_layers} tensors (one per named layer), got {len(noise)}."
+                f"`noise` must hold at most {self.config.num_layers} tensors (one per named layer), got {len(noise)}."
             )
         return [n.to(device=like.device, dtype=like.dtype) for n in noise]
 
@@ -575,7 +580,10 @@ class StyleGAN2Generator(GANGenerator):
 
     def _step(self, index: int, state: LayerState) -> LayerState:
         latent = state.carry["latent"]  # (N, n_latent, D): layer j reads w_j, its to-RGB w_{j+1}
-        x = self._styled_conv(index)(state.features, latent[:, index], state.carry["noise"][index])
+        noise = state.carry["noise"]
+        if index >= len(noise):
+            raise ValueError(f"`noise` covers only the first {len(noise)} layers; layer{index + 1} needs its own.")
+        x = self._styled_conv(index)(state.features, latent[:, index], noise[index])
         skip = state.carry["skip"]
         if index % 2 == 0:  # layer1, layer3, …: the last conv at its resolution feeds a to-RGB
             to_rgb = self.to_rgb1 if index == 0 else self.to_rgbs[index // 2 - 1]

@@ -267,7 +267,8 @@ def search_context(
     maps = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
-        state = G.forward_to(layer, G.make_latents(chunk), truncation, noise=G.make_noise(chunk))
+        noise = G.make_noise(chunk, layers=G.layer_index(layer))  # only what forward_to needs
+        state = G.forward_to(layer, G.make_latents(chunk), truncation, noise=noise)
         keys = kind.keys(module, state).to("cpu", torch.float64)  # (B, I, h, w)
         maps.append(torch.einsum("nihw,i->nhw", keys, d))
     scores = torch.cat(maps)  # (N, h, w)

@@ -11,7 +11,6 @@ Results save to ``stats/<layer>.safetensors`` and are cached by (model hash, lay
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..errors import StatsError
+from ..hashing import cached_digest, state_sha256
 from .layers import keys_matrix, layer_kind
 
 if TYPE_CHECKING:
@@ -38,14 +38,10 @@ def model_sha256(G: torch.nn.Module) -> str:
     """SHA-256 over the whole state dict (names, dtypes, shapes and bytes, in name order).
 
     Identifies "the same model" for caching statistics; loaded (unfused or fused) rules change it,
-    as they should, since they change the keys of later layers.
+    as they should, since they change the keys of later layers. Cached until a tensor changes.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(G.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    state = G.state_dict()
+    return cached_digest(G, "model", list(state.values()), lambda: state_sha256(state.items()))
 
 
 @dataclass
@@ -229,7 +225,8 @@ def accumulate_keys(
     starts = range(0, len(seeds), batch_size)
     for start in tqdm(starts, desc=f"key stats {layer}", unit="batch", disable=not progress):
         chunk = list(seeds[start : start + batch_size])
-        state = G.forward_to(layer, G.make_latents(chunk), truncation, noise=G.make_noise(chunk))
+        noise = G.make_noise(chunk, layers=G.layer_index(layer))  # only what forward_to needs
+        state = G.forward_to(layer, G.make_latents(chunk), truncation, noise=noise)
         keys = keys_matrix(kind.keys(module, state)).to(acc_device, torch.float64)  # (B·h·w, I)
         outer += keys.T @ keys
         total += keys.sum(0)

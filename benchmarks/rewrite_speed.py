@@ -1,0 +1,313 @@
+"""Speed and size of the rewrite pipeline on a 256px StyleGAN2 (random weights, rosinality layout), layer8.
+
+Every number is printed beside a baseline measured in the same run, so results from different machines can
+be compared as ratios:
+
+1. **Key statistics**: ``compute_stats`` (runs the generator only up to the layer, then adds ``KᵀK`` for the
+   whole batch, one float64 matmul) against a naive baseline that does what the reference implementation
+   does: the FULL forward pass of every batch (every layer, to the image), with a forward hook on the
+   layer's modulated conv that forms the keys ``x·s`` (its input times the sample's style); then, for each
+   sample of the batch separately, that sample's ``(h·w, I)`` key rows are cast to float64 and the sum of
+   their outer products ``Σ_locations k kᵀ`` (one ``KᵀK`` matmul per sample, i.e. vectorised over the
+   sample's locations only) is added to a float64 running sum. ``--baseline per-location`` makes it
+   literal: one ``addr_`` (``C += k kᵀ``) per location of every sample. Same seeds, batch size, noise and
+   truncation for both; prints samples/s, the speed-up, and the relative Frobenius difference of the two
+   second moments.
+2. **Closed-form solve** (context + copy/paste on a few seeds, statistics given → ``RuleDelta``):
+   ``Rewriter.solve(rank=1, method="closed_form")`` end to end, and the bare ``solve_closed_form`` call
+   (goal and direction precomputed), medians of several runs; against ``method="optimize"`` (projected Adam)
+   with ``--opt-steps`` steps (default 2000) and early stopping disabled. The goal's L1 error of both rules is
+   printed too.
+3. **Apply / unload**: ``G.load_rule(delta)`` and ``G.unload_rules()``, medians over ``--reps`` runs, against
+   the time of generating one image; unloading is checked to restore the weight bit for bit.
+4. **Rule size**: ``RuleDelta.save`` file size over ``G.save_pretrained`` model.safetensors size.
+
+A table of target / measured / pass closes the output.
+
+    python benchmarks/rewrite_speed.py [--device cuda] [--quick] [--n N] [--batch-size B] [--opt-steps S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # deterministic random weights
+
+from stylegan2_weights import rosinality_random_state_dict  # noqa: E402
+
+from gan_rewrite.models import StyleGAN2Config, StyleGAN2Generator, pick_device  # noqa: E402
+from gan_rewrite.rewrite.context import context_directions  # noqa: E402
+from gan_rewrite.rewrite.layers import keys_matrix  # noqa: E402
+from gan_rewrite.rewrite.rewriter import Rewriter  # noqa: E402
+from gan_rewrite.rewrite.solve import goal_l1, solve_closed_form  # noqa: E402
+from gan_rewrite.rewrite.stats import compute_stats, model_sha256  # noqa: E402
+
+LAYER = "layer8"
+RESOLUTION = 256
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """``(seconds, result)`` of one call, synchronising CUDA before and after."""
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
+def median_time(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed(fn, device)[0] for _ in range(reps))
+
+
+def build_generator(device: torch.device) -> StyleGAN2Generator:
+    G = StyleGAN2Generator(StyleGAN2Config(resolution=RESOLUTION, channel_multiplier=2))
+    G.load_weights(rosinality_random_state_dict(RESOLUTION, 2, seed=0))
+    return G.to(device).eval()
+
+
+# ----- 1. statistics ---------------------------------------------------------------------------------
+@torch.no_grad()
+def baseline_stats(G: StyleGAN2Generator, layer: str, seeds: list[int], batch_size: int, mode: str) -> torch.Tensor:
+    """The reference-style second moment: full forward + hook, per-sample (or per-location) outer products."""
+    module = G.layer_module(layer)
+    in_ch = module.in_channels
+    outer = torch.zeros(in_ch, in_ch, dtype=torch.float64, device=G.device)
+    count = 0
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(mod: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x, w = inputs
+        captured["keys"] = x * mod.modulation(w)[:, :, None, None]  # (B, I, h, w): the layer's keys x·s
+
+    handle = module.register_forward_hook(hook)
+    try:
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            G(G.make_latents(chunk), None, noise=G.make_noise(chunk))  # every layer, to the image
+            keys = captured.pop("keys")
+            for sample in range(keys.shape[0]):
+                rows = keys_matrix(keys[sample : sample + 1]).double()  # (h·w, I)
+                if mode == "per-location":
+                    for row in rows:
+                        outer.addr_(row, row)
+                else:
+                    outer += rows.T @ rows  # Σ over this sample's locations of k kᵀ
+                count += rows.shape[0]
+    finally:
+        handle.remove()
+    return (outer / count).cpu()
+
+
+def bench_stats(G, device, n, batch_size, mode):
+    seeds = list(range(n))
+    # Warm-up both paths on one small batch (allocator, cuDNN algorithm choice).
+    baseline_stats(G, LAYER, seeds[:2], 2, "per-sample")
+    compute_stats(G, LAYER, 2, batch_size=2, use_cache=False, progress=False)
+    t_base, c_base = timed(lambda: baseline_stats(G, LAYER, seeds, batch_size, mode), device)
+    t_ours, stats = timed(
+        lambda: compute_stats(G, LAYER, n, batch_size=batch_size, use_cache=False, progress=False), device
+    )
+    t_hash, _ = timed(lambda: model_sha256(G), device)
+    # What both paths spend making the inputs (latents + every layer's noise, on the CPU, per seed).
+    t_inputs, _ = timed(lambda: [(G.make_latents(seeds[i : i + batch_size]), G.make_noise(seeds[i : i + batch_size]))
+                                 for i in range(0, n, batch_size)], device)
+    diff = float(torch.linalg.matrix_norm(stats.second_moment - c_base) / torch.linalg.matrix_norm(c_base))
+    return dict(t_base=t_base, t_ours=t_ours, t_hash=t_hash, t_inputs=t_inputs, diff=diff, stats=stats)
+
+
+# ----- 2. solve ----------------------------------------------------------------------------------------
+def square(top: int, left: int, size: int) -> torch.Tensor:
+    mask = torch.zeros(RESOLUTION, RESOLUTION)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+def make_rewriter(G, stats) -> Rewriter:
+    rw = Rewriter(G, LAYER)
+    rw.set_stats(stats)
+    for seed, (top, left) in zip((11, 12, 13), ((64, 64), (96, 128), (128, 80)), strict=True):
+        rw.add_context(seed, square(top, left, 48))
+    rw.set_copy(14, square(80, 80, 40))
+    rw.set_paste(15, (32, -24))
+    return rw
+
+
+def goal_error(rw: Rewriter, goal, delta) -> float:
+    """Weighted L1 of the layer output to the goal V* with the rule's ΔW added."""
+    module = layer_of(rw)
+    weight = module.weight.detach() + delta.delta_weight().to(module.weight)
+    with torch.no_grad():
+        return float(goal_l1(rw.kind, module, goal)(weight))
+
+
+def layer_of(rw: Rewriter) -> torch.nn.Module:
+    return rw.G.layer_module(rw.layer)
+
+
+def bench_solve(G, device, stats, reps, opt_steps):
+    rw = make_rewriter(G, stats)
+    t_solve = median_time(lambda: rw.solve(rank=1, method="closed_form"), device, reps)
+    delta = rw.solve(rank=1, method="closed_form")
+    # The parts of Rewriter.solve, each timed alone.
+    t_context = median_time(lambda: rw.context_keys(), device, reps)
+    keys, weights = rw.context_keys()
+    t_direction = median_time(lambda: context_directions(stats, keys, weights, 1), device, reps)
+    direction = context_directions(stats, keys, weights, 1)
+    t_goal = median_time(lambda: rw.goal(), device, reps)
+    goal = rw.goal()
+    module = layer_of(rw)
+    t_pure = median_time(lambda: solve_closed_form(rw.kind, module, goal, direction), device, reps)
+    t_hash = median_time(lambda: model_sha256(G), device, max(1, reps // 2))
+    t_opt, delta_opt = timed(
+        lambda: rw.solve(rank=1, method="optimize", steps=opt_steps, patience=opt_steps + 1, progress=False), device
+    )
+    with torch.no_grad():
+        err0 = float(goal_l1(rw.kind, module, goal)(module.weight.detach()))
+    return dict(
+        t_solve=t_solve, t_context=t_context, t_direction=t_direction, t_goal=t_goal, t_pure=t_pure,
+        t_hash=t_hash, t_opt=t_opt, delta=delta,
+        err0=err0, err_cf=goal_error(rw, goal, delta), err_opt=goal_error(rw, goal, delta_opt),
+    )
+
+
+# ----- 3. apply / unload ------------------------------------------------------------------------------
+def bench_apply(G, device, delta, reps):
+    weight = G.layer_module(LAYER).weight
+    before = weight.detach().clone()
+    loads, unloads, changed, exact = [], [], True, True
+    for rep in range(reps + 1):
+        t_load, _ = timed(lambda: G.load_rule(delta, name="bench"), device)
+        changed &= not torch.equal(weight, before)
+        t_unload, _ = timed(G.unload_rules, device)
+        exact &= torch.equal(weight, before)
+        if rep:  # the first round is the warm-up
+            loads.append(t_load)
+            unloads.append(t_unload)
+    t_image = median_time(lambda: G.sample([0], batch_size=1), device, max(3, reps // 10))
+    t_layer_hash = median_time(lambda: G.layer_weight_sha256(LAYER), device, max(3, reps // 5))
+    t_delta = median_time(lambda: delta.delta_weight(), device, max(3, reps // 5))
+    return dict(t_layer_hash=t_layer_hash, t_delta=t_delta,
+        t_load=statistics.median(loads), t_unload=statistics.median(unloads), t_image=t_image,
+        changed=changed, exact=exact,
+    )
+
+
+# ----- 4. sizes ------------------------------------------------------------------------------------------
+def bench_size(G, delta):
+    with tempfile.TemporaryDirectory() as tmp:
+        model = G.save_pretrained(Path(tmp) / "model") / "model.safetensors"
+        rule = delta.save(Path(tmp) / "rule.safetensors")
+        return dict(model=model.stat().st_size, rule=rule.stat().st_size)
+
+
+# ----- main ---------------------------------------------------------------------------------------------
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, repetitions and optimiser steps")
+    parser.add_argument("--n", type=int, default=None, help="samples for the statistics (default 32 CPU, 512 GPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 CPU, 32 GPU")
+    parser.add_argument("--opt-steps", type=int, default=None, help="projected-optimiser steps (default 2000)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions for medians (default 50)")
+    parser.add_argument("--baseline", choices=("per-sample", "per-location"), default="per-sample")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        n = args.n or (64 if args.quick else 512)
+    else:
+        n = args.n or (8 if args.quick else 32)
+    batch_size = args.batch_size or (32 if gpu else 8)
+    opt_steps = args.opt_steps or (200 if args.quick else 2000)
+    reps = args.reps or (10 if args.quick else 50)
+    solve_reps = max(3, reps // 10)
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"gan-rewrite rewrite_speed: StyleGAN2 {RESOLUTION}px cm2 (random weights), {LAYER}; device {device} "
+          f"({name}); torch {torch.__version__}")
+    G = build_generator(device)
+    module = G.layer_module(LAYER)
+    print(f"{LAYER}: weight {tuple(module.weight.shape)}, keys {module.in_channels} channels\n")
+
+    rows = []  # (what, target, measured, pass)
+
+    print(f"[1] key statistics, n={n}, batch {batch_size}, baseline = full forward + {args.baseline} outer products")
+    s = bench_stats(G, device, n, batch_size, args.baseline)
+    speedup = s["t_base"] / s["t_ours"]
+    print(f"    baseline (full forward, hook)   {n / s['t_base']:9.2f} samples/s   ({fmt_s(s['t_base'])})")
+    print(f"    compute_stats (forward_to)      {n / s['t_ours']:9.2f} samples/s   ({fmt_s(s['t_ours'])}, "
+          f"of which model hash {fmt_s(s['t_hash'])})")
+    rest = s["t_ours"] - s["t_inputs"] - s["t_hash"]
+    core = f"{(s['t_base'] - s['t_inputs']) / rest:.1f}×" if rest > 0.1 * s["t_ours"] else "n/a (too few samples)"
+    print(f"    both include making latents + all noise inputs: {fmt_s(s['t_inputs'])}; without them (and the "
+          f"hash) the speed-up would be about {core}")
+    print(f"    speed-up {speedup:.1f}×;  ‖C_ours − C_base‖_F / ‖C_base‖_F = {s['diff']:.2e}\n")
+    rows.append(("stats speed-up vs full-forward baseline", "≥ 3×", f"{speedup:.1f}×", speedup >= 3))
+    rows.append(("stats agree with baseline (rel. Frobenius)", "≤ 1e-6", f"{s['diff']:.1e}", s["diff"] <= 1e-6))
+
+    print(f"[2] solve (3 context seeds + copy/paste, stats given), median of {solve_reps}; optimiser {opt_steps} steps")
+    v = bench_solve(G, device, s["stats"], solve_reps, opt_steps)
+    print(f"    Rewriter.solve closed_form      {fmt_s(v['t_solve']):>10}")
+    print(f"      context keys (3 forwards)     {fmt_s(v['t_context']):>10}")
+    print(f"      direction C⁻¹k*               {fmt_s(v['t_direction']):>10}")
+    print(f"      goal (copy + paste forwards)  {fmt_s(v['t_goal']):>10}")
+    print(f"      solve_closed_form alone       {fmt_s(v['t_pure']):>10}")
+    print(f"      model_sha256 (stale check)    {fmt_s(v['t_hash']):>10}")
+    print(f"    Rewriter.solve optimize         {fmt_s(v['t_opt']):>10}   "
+          f"{v['t_opt'] / v['t_solve']:.0f}× the closed form")
+    print(f"    goal L1 error: unedited {v['err0']:.4f}, closed form {v['err_cf']:.4f} "
+          f"({v['err_cf'] / v['err0']:.2f}× unedited), optimize {v['err_opt']:.4f} "
+          f"({v['err_opt'] / v['err0']:.2f}× unedited)\n")
+    limit = 0.1 if gpu else 1.0
+    rows.append((f"Rewriter.solve closed form ({'GPU' if gpu else 'CPU'})", f"≤ {limit:g} s", fmt_s(v["t_solve"]),
+                 v["t_solve"] <= limit))
+    rows.append(("solve_closed_form alone", f"≤ {limit:g} s", fmt_s(v["t_pure"]), v["t_pure"] <= limit))
+    rows.append((f"optimize ({opt_steps} steps) / closed form", "(info)", f"{v['t_opt'] / v['t_solve']:.0f}×", None))
+
+    print(f"[3] apply / unload, median of {reps}; baseline: one {RESOLUTION}px image (G.sample, batch 1)")
+    a = bench_apply(G, device, v["delta"], reps)
+    print(f"    G.load_rule    {fmt_s(a['t_load']):>10}   {a['t_load'] / a['t_image']:.3f}× one image "
+          f"({fmt_s(a['t_image'])})")
+    print(f"    G.unload_rules {fmt_s(a['t_unload']):>10}   {a['t_unload'] / a['t_image']:.3f}× one image")
+    print(f"      of load_rule: layer weight sha256 {fmt_s(a['t_layer_hash'])}, ΔW = ΛDᵀ on the CPU "
+          f"{fmt_s(a['t_delta'])}")
+    print(f"    weight changed by load: {a['changed']}; restored bit-exactly by unload: {a['exact']}\n")
+    rows.append(("G.load_rule", "< 10 ms", fmt_s(a["t_load"]), a["t_load"] < 0.01))
+    rows.append(("G.unload_rules", "< 10 ms", fmt_s(a["t_unload"]), a["t_unload"] < 0.01))
+    rows.append(("unload bit-exact", "yes", "yes" if a["exact"] else "NO", a["exact"] and a["changed"]))
+
+    z = bench_size(G, v["delta"])
+    ratio = z["rule"] / z["model"]
+    print(f"[4] sizes: rule.safetensors {z['rule'] / 1024:.1f} KiB, model.safetensors {z['model'] / 2**20:.1f} MiB "
+          f"→ {100 * ratio:.4f} %\n")
+    rows.append(("rule file / model file", "≤ 0.1 %", f"{100 * ratio:.4f} %", ratio <= 0.001))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':{width}}  {'target':>9}  {'measured':>11}  pass")
+    for what, target, measured, ok in rows:
+        mark = "-" if ok is None else ("yes" if ok else "NO")
+        print(f"{what:{width}}  {target:>9}  {measured:>11}  {mark}")
+
+
+if __name__ == "__main__":
+    main()
