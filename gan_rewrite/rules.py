@@ -46,6 +46,7 @@ class ActiveRule:
 class _LoadedRule:
     delta: RuleDelta
     scale: float
+    delta_weights: dict[str, Tensor]  # layer -> delta.scale · ΔW in the weight's layout, on its device
     fused: bool = False
 
 
@@ -53,6 +54,7 @@ class _LoadedRule:
 class _RuleState:
     rules: dict[str, _LoadedRule] = field(default_factory=dict)
     originals: dict[str, Tensor] = field(default_factory=dict)  # layer -> weight before any rule
+    original_digests: dict[str, str] = field(default_factory=dict)  # layer -> sha256 of that original
 
 
 class RuleMixin:
@@ -112,16 +114,20 @@ class RuleMixin:
         if name in state.rules:
             raise RuleError(f"a rule named {name!r} is already loaded; unload it or pick another `name`.")
         scale = _check_scale(name, scale)
+        delta_weights = {}
         for layer, part in delta.layers.items():
             self.layer_index(layer)  # LayerError on an unknown layer
             base = self._base_weight(layer)
-            dw = part.delta_weight()
+            dw = delta.delta_weight(layer)  # the rule's own scale included, as RuleDelta reports it
             if tuple(dw.shape) != tuple(base.shape):
                 raise RuleMismatchError(
                     f"rule {name!r} does not fit layer {layer!r}: its delta has shape {tuple(dw.shape)}, "
                     f"the layer weight {tuple(base.shape)}."
                 )
+            delta_weights[layer] = dw.to(base.device)
             digest = cached_digest(self, f"base:{layer}", [base], lambda base=base: tensor_sha256(base))
+            if layer not in state.originals:
+                state.original_digests[layer] = digest
             if digest != part.base_layer_sha256:
                 message = (
                     f"rule {name!r} was made for a different {layer!r} weight (sha256 "
@@ -131,7 +137,7 @@ class RuleMixin:
                 if not force:
                     raise RuleMismatchError(message + " Pass `force=True` to load it anyway.")
                 logger.warning("%s Loading anyway (force=True).", message)
-        state.rules[name] = _LoadedRule(delta=delta, scale=scale)
+        state.rules[name] = _LoadedRule(delta=delta, scale=scale, delta_weights=delta_weights)
         self._refresh(delta.layer_names)
         return name
 
@@ -229,13 +235,13 @@ class RuleMixin:
 
     def _compose(self, layer: str, original: Tensor, *, fused_only: bool) -> Tensor:
         deltas = [
-            r.delta.layers[layer].delta_weight(r.delta.scale * r.scale)
+            r.delta_weights[layer] * r.scale
             for _, r in sorted(self._rules().rules.items())
             if layer in r.delta.layers and (r.fused or not fused_only)
         ]
         if not deltas:
             return original
-        total = torch.stack(deltas).sum(0)
+        total = deltas[0] if len(deltas) == 1 else torch.stack(deltas).sum(0)  # name order: load order is moot
         return (original.to(torch.float32) + total.to(original.device)).to(original.dtype)
 
     def _refresh(self, layers: set[str] | list[str]) -> None:
@@ -256,6 +262,9 @@ class RuleMixin:
                 else:
                     weight.copy_(original)
                     del state.originals[layer]
+                    # The weight is the original again, bit for bit: its digest is known, no need to rehash.
+                    known = state.original_digests.pop(layer)
+                    cached_digest(self, f"base:{layer}", [weight], lambda known=known: known)
 
 
 def _check_scale(name: str, scale: float) -> float:
