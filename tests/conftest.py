@@ -81,6 +81,26 @@ class Hub:
 
         return HfApi(endpoint=self.endpoint, token=self.token, **kwargs)
 
+    def go_away(self, monkeypatch: pytest.MonkeyPatch) -> str:
+        """From now on (this test only) the client talks to a port nothing listens on; returns that URL.
+
+        The client's retry back-off sleeps are skipped so "unreachable" fails in milliseconds.
+        """
+        import socket
+        from types import SimpleNamespace
+
+        from huggingface_hub import constants
+        from huggingface_hub.utils import _http
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        monkeypatch.setattr(constants, "ENDPOINT", dead)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+        monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))
+        return dead
+
 
 @pytest.fixture(scope="session")
 def hub_server() -> Iterator[HubServer]:

@@ -70,16 +70,7 @@ def test_missing_repo_and_revision_are_clear(hub, tiny_dcgan) -> None:
 
 
 def test_unreachable_hub_is_a_hub_error(hub, tiny_dcgan, monkeypatch) -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+    hub.go_away(monkeypatch)
     with pytest.raises(HubError, match="could not reach the Hub"):
         gr.load_generator("tester/unreachable")
 

@@ -6,7 +6,6 @@ Everything goes through the official huggingface_hub client against the loopback
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -191,18 +190,6 @@ def test_missing_rules_are_rule_not_found(hub, tiny_dcgan, base_repo) -> None:
 
 
 def test_unreachable_hub_is_a_hub_error(hub, monkeypatch) -> None:
-    import socket
-
-    import huggingface_hub.constants as constants
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
-    from huggingface_hub.utils import _http
-
-    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))  # skip the client's backoff
+    hub.go_away(monkeypatch)
     with pytest.raises(HubError, match="could not reach the Hub"):
         RuleDelta.load("tester/unreachable")

@@ -6,8 +6,6 @@ Everything goes through the official huggingface_hub client against the loopback
 from __future__ import annotations
 
 import dataclasses
-import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,16 +113,7 @@ def test_local_models_and_unreachable_hubs_compute(hub, tiny_dcgan, model_repo, 
     assert_same_stats(stats, tiny_stats)
 
     G = gr.load_generator(model_repo, device="cpu")
-    import huggingface_hub.constants as constants
-    from huggingface_hub.utils import _http
-
-    with socket.socket() as probe:  # then the Hub goes away: a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
-    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))  # skip the client's backoff
+    hub.go_away(monkeypatch)  # then the Hub goes away
     calls = count_forward_to(G, monkeypatch)
     with caplog.at_level("WARNING", logger="gan_rewrite"):
         stats = gr.Rewriter(G, "layer2").compute_stats(n=N, cache_dir=tmp_path / "b", progress=False)
