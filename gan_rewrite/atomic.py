@@ -27,11 +27,19 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, usual_mode())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def usual_mode(*, folder: bool = False) -> int:
+    """The permissions ``open()`` / ``mkdir()`` would give under the current umask (temp files get 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

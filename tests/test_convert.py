@@ -189,3 +189,11 @@ def test_failed_save_leaves_the_old_model_intact(tiny_dcgan, model_folder: Path,
     with pytest.raises(OSError, match="disk full"):
         tiny_dcgan.save_pretrained(model_folder)
     assert {p.name: p.read_bytes() for p in model_folder.iterdir()} == before  # no temp files left either
+
+
+def test_saved_files_get_the_usual_permissions(tiny_dcgan, tmp_path: Path) -> None:
+    from gan_rewrite.atomic import usual_mode
+
+    folder = tiny_dcgan.save_pretrained(tmp_path / "model")
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (folder / name).stat().st_mode & 0o777 == usual_mode(), name

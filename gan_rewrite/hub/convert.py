@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
+from ..atomic import usual_mode
 from ..errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from ..hashing import file_sha256
 from .known import KnownModel, cache_home, package_file
@@ -216,6 +217,7 @@ def ensure_known_model(model: KnownModel, *, token: str | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{model.name}.", dir=folder.parent))
     try:
         generator.save_pretrained(staging)
+        staging.chmod(usual_mode(folder=True))  # mkdtemp makes a 0700 folder
         if folder.exists():  # a concurrent first use finished first, or a broken leftover
             shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
