@@ -226,8 +226,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .hub.loading import load_generator
-    from .imaging import image_grid, save_image
+    from .imaging import image_format, image_grid, save_image
 
+    try:
+        image_format(args.out)  # before any work
+    except ValueError as err:
+        raise GanRewriteError(f"`--out`: {err}") from None
     generator = load_generator(args.model, revision=args.revision, device=args.device)
     records = load_rules(generator, args.rule, force=args.rule_force, force_flag="--rule-force")
     start = time.perf_counter()

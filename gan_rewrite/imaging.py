@@ -33,12 +33,17 @@ def image_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 
     return Image.fromarray(canvas)
 
 
-def save_image(picture: Image.Image, path: str | Path) -> Path:
-    """Save a picture atomically; the format follows the suffix (.png, .jpg, .webp)."""
-    path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+def image_format(path: str | Path) -> str:
+    """PIL's format name for a file name's suffix; ValueError when the suffix is not an image format."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot tell the image format of {str(path)!r}; use a .png or .jpg suffix.")
+    return fmt
+
+
+def save_image(picture: Image.Image, path: str | Path) -> Path:
+    """Save a picture atomically; the format follows the suffix (.png, .jpg, .webp)."""
+    fmt = image_format(path)
     with atomic_path(path) as tmp:
         picture.save(tmp, format=fmt)
-    return path
+    return Path(path)

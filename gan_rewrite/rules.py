@@ -28,6 +28,7 @@ from torch import Tensor
 from .errors import RuleError, RuleMismatchError
 from .hashing import cached_digest, tensor_sha256
 from .rewrite.delta import RuleDelta
+from .rewrite.layers import layer_kind
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ class RuleMixin:
         Raises:
             RuleError: ``name`` is taken, or ``scale`` is not finite.
             LayerError: the rule edits a layer this model does not have.
-            RuleMismatchError: the rule's shapes do not fit the layer, or (unless ``force``) the layer's
-                base weight is not the one the rule was solved against.
+            RuleMismatchError: the rule's weight layout or shapes do not fit the layer, or (unless ``force``) the
+                layer's base weight is not the one the rule was solved against.
         """
         if isinstance(rule, RuleDelta):
             delta = rule
@@ -118,12 +119,23 @@ class RuleMixin:
         for layer, part in delta.layers.items():
             self.layer_index(layer)  # LayerError on an unknown layer
             base = self._base_weight(layer)
-            dw = delta.delta_weight(layer)  # the rule's own scale included, as RuleDelta reports it
-            if tuple(dw.shape) != tuple(base.shape):
+            kind = layer_kind(self.layer_module(layer))
+            if part.weight_layout != kind.layout:
                 raise RuleMismatchError(
-                    f"rule {name!r} does not fit layer {layer!r}: its delta has shape {tuple(dw.shape)}, "
-                    f"the layer weight {tuple(base.shape)}."
+                    f"rule {name!r} does not fit layer {layer!r}: it is for a {part.weight_layout} weight, the "
+                    f"layer is a {kind.layout}."
                 )
+            # Shapes first, so a rule with absurd sizes is refused before its ΔW is ever allocated.
+            out_ch, in_ch, kh, kw = kind.shape(base)
+            fits = (part.lam.shape[0], part.direction.shape[0], *part.lam.shape[2:]) == (out_ch, in_ch, kh, kw)
+            if not fits:
+                raise RuleMismatchError(
+                    f"rule {name!r} does not fit layer {layer!r}: its direction {tuple(part.direction.shape)} and "
+                    f"lambda {tuple(part.lam.shape)} need a weight of (O, I, kh, kw) = "
+                    f"{(part.lam.shape[0], part.direction.shape[0], *part.lam.shape[2:])}, the layer has "
+                    f"{(out_ch, in_ch, kh, kw)}."
+                )
+            dw = delta.delta_weight(layer)  # the rule's own scale included, as RuleDelta reports it
             delta_weights[layer] = dw.to(base.device)
             digest = cached_digest(self, f"base:{layer}", [base], lambda base=base: tensor_sha256(base))
             if layer not in state.originals:

@@ -22,6 +22,7 @@ from gan_rewrite.models import (
 )
 from gan_rewrite.rewrite import Rewriter, RuleDelta, compute_stats, solve_spec
 from gan_rewrite.rewrite.context import decode_mask, encode_mask, quantize_mask
+from gan_rewrite.rewrite.solve import goal_image_l1
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +232,74 @@ def test_solve_spec_computes_its_statistics(tiny: DCGANGenerator, tmp_path, monk
     assert again.spec == delta.spec
     assert torch.equal(again.layers["layer2"].lam, delta.layers["layer2"].lam)
     assert list((tmp_path / "stats").rglob("*.safetensors"))  # the statistics went to the cache
+
+
+def test_image_loss_is_recorded_and_solve_spec_reproduces_it(tiny: DCGANGenerator, tmp_path, monkeypatch) -> None:
+    """``loss="image"`` (L1 on the final image through the rest of the generator) is a JSON option: it goes
+    into the spec, and ``solve_spec`` gives the same rule bit for bit."""
+    monkeypatch.setenv("GAN_REWRITE_HOME", str(tmp_path))
+    rw = Rewriter(tiny, "layer2")
+    rw.compute_stats(n=12, progress=False)
+    rw.add_context(0, box(16, 6, 8, 12, 14))
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 6, 8, 12, 14))
+    delta = rw.solve(rank=1, method="optimize", loss="image", steps=40, progress=False)
+    assert delta.spec["solver"] == {"loss": "image", "steps": 40, "progress": False}
+    assert all(p.grad is None for p in tiny.parameters())  # only the edited copy of the weight gets gradients
+    layer = rw.solve(rank=1, method="optimize", steps=40, progress=False)
+    assert not torch.equal(layer.layers["layer2"].lam, delta.layers["layer2"].lam)  # the loss matters
+    # The image loss went down, and the rule does on the full generator what the solver's renderer measured.
+    goal = rw.goal()
+    module = tiny.layer_module("layer2")
+    loss = goal_image_l1(rw.kind, module, goal, rw.renderer(goal.state))
+    edited = module.weight + delta.delta_weight("layer2")
+    with torch.no_grad():
+        assert float(loss(edited)) < 0.95 * float(loss(module.weight))
+        rendered = rw.renderer(goal.state)(rw.kind.output(module, goal.state, edited))
+        tiny.load_rule(delta)
+        try:
+            torch.testing.assert_close(tiny.forward_from("layer2", goal.state), rendered)
+        finally:
+            tiny.unload_rules()
+    again = solve_spec(tiny, json.dumps(delta.spec), progress=False)
+    assert again.spec == delta.spec
+    assert torch.equal(again.layers["layer2"].lam, delta.layers["layer2"].lam)
+    assert torch.equal(again.layers["layer2"].direction, delta.layers["layer2"].direction)
+
+
+def test_spec_solver_options_are_checked(tiny: DCGANGenerator) -> None:
+    from gan_rewrite.rewrite.spec import check_spec
+
+    rw = Rewriter(tiny, "layer2")
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, (2, 2))
+    spec = {**rw.spec(), "method": "optimize", "solver": {"loss": "image", "steps": 10}}
+    check_spec(spec)
+    with pytest.raises(RuleError, match=r"field `solver.loss` must be one of \['layer', 'image'\], got 'pixel'"):
+        check_spec({**spec, "solver": {"loss": "pixel"}})
+    with pytest.raises(RuleError, match=r"field `solver.loss` must be one of"):
+        check_spec({**spec, "solver": {"loss": 1}})
+    with pytest.raises(RuleError, match=r"option\(s\) \['render'\]"):  # code, never data
+        check_spec({**spec, "solver": {"render": "x"}})
+    with pytest.raises(RuleError, match=r"option\(s\) \['loss', 'steps'\] that method 'closed_form' does not take"):
+        check_spec({**spec, "method": "closed_form"})
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "progan", "stylegan2"])
+def test_renderer_runs_the_rest_of_the_generator(arch: str) -> None:
+    """``Rewriter.renderer`` replaces the layer's output and runs the rest: with the layer's own output it is
+    the generator itself, and ``loss="image"`` lowers the image loss on every architecture."""
+    G = tiny_generator(arch)
+    rw = Rewriter(G)
+    rw.compute_stats(n=24, use_cache=False, progress=False)
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 6, 8, 12, 14))
+    goal = rw.goal()
+    module = G.layer_module(rw.layer)
+    render = rw.renderer(goal.state)
+    with torch.no_grad():
+        torch.testing.assert_close(render(rw.kind.output(module, goal.state)), G.forward_from(rw.layer, goal.state))
+    delta = rw.solve(rank=1, method="optimize", loss="image", steps=60, progress=False)
+    loss = goal_image_l1(rw.kind, module, goal, render)
+    with torch.no_grad():
+        assert float(loss(module.weight + delta.delta_weight(rw.layer))) < float(loss(module.weight))

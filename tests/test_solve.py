@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from gan_rewrite.errors import RuleError
 from gan_rewrite.models.base import LayerState
+from gan_rewrite.rewrite import solve
 from gan_rewrite.rewrite.context import Goal
 from gan_rewrite.rewrite.layers import layer_kind
 from gan_rewrite.rewrite.solve import SOLVERS, goal_l1, solve_closed_form, solve_projected
@@ -109,3 +111,47 @@ def test_solvers_leave_the_module_untouched() -> None:
     assert time.perf_counter() - start < 1.0
     solve_projected(kind, module, goal, direction, steps=20, progress=False)
     assert torch.equal(module.weight, before)
+
+
+def test_projected_solver_image_loss_measures_through_render() -> None:
+    """``loss="image"`` fits ``render(output(W)) ≈ render(V*)``: a render that hides part of the output
+    leaves the hidden part free, while ``loss="layer"`` fits it too."""
+    torch.manual_seed(4)
+    module = nn.Conv2d(6, 4, 3, padding=1, bias=False)
+    kind = layer_kind(module)
+    state = LayerState(features=torch.randn(1, 6, 6, 6))
+    out = kind.output(module, state).detach()
+    target = out + torch.randn_like(out)
+    goal = Goal(state, target, torch.ones(1, 6, 6))
+    direction, _ = torch.linalg.qr(torch.randn(6, 2))
+    seen = torch.zeros(1, 4, 1, 1)
+    seen[0, :2] = 1.0  # the "rest of the network" only looks at channels 0-1, upsampled 2×
+
+    def render(output: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(torch.tanh(output) * seen, scale_factor=2)
+
+    image_loss = solve.goal_image_l1(kind, module, goal, render)
+    weight0 = module.weight.detach().clone()
+    lam = solve_projected(kind, module, goal, direction, loss="image", render=render, steps=200, progress=False)
+    assert float(image_loss(weight0 + kind.delta_weight(direction, lam))) < 0.9 * float(image_loss(weight0))
+    # Only the edited weight is optimised: nothing else gets a gradient, and the module is untouched.
+    assert module.weight.grad is None and torch.equal(module.weight, weight0)
+    # The default is the layer loss; both are deterministic.
+    again = solve_projected(kind, module, goal, direction, loss="image", render=render, steps=200, progress=False)
+    assert torch.equal(lam, again)
+    layer = solve_projected(kind, module, goal, direction, steps=200, progress=False)
+    assert not torch.equal(layer, lam)
+
+
+def test_projected_solver_rejects_bad_loss_options() -> None:
+    module = nn.Conv2d(4, 3, 1, bias=False)
+    kind = layer_kind(module)
+    goal = Goal(LayerState(features=torch.randn(1, 4, 3, 3)), torch.zeros(1, 3, 3, 3), torch.ones(1, 3, 3))
+    direction = torch.eye(4)[:, :1]
+    with pytest.raises(RuleError, match="`loss` must be one of"):
+        solve_projected(kind, module, goal, direction, loss="pixel", steps=2, progress=False)
+    with pytest.raises(RuleError, match="needs `render`"):
+        solve_projected(kind, module, goal, direction, loss="image", steps=2, progress=False)
+    with pytest.raises(RuleError, match="not both"):
+        solve_projected(kind, module, goal, direction, loss="image", loss_fn=lambda w: w.sum(), steps=2, progress=False)
+    assert solve.LOSSES == ("layer", "image") and solve.CHOICES["loss"] == solve.LOSSES

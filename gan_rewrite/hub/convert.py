@@ -120,6 +120,7 @@ FORMATS: dict[str, LegacyFormat] = {
         LegacyFormat("rosinality", "stylegan2", "rosinality/stylegan2-pytorch .pt (g_ema + latent_avg)"),
         LegacyFormat("gandissect-progan", "progan", "GAN-dissection ProGAN .pth state dict"),
         LegacyFormat("dcgan", "dcgan", "PyTorch DCGAN tutorial (netG_state_dict or bare state dict)"),
+        LegacyFormat("nvidia-pkl", "stylegan2", "NVIDIA stylegan2-ada-pytorch network pickle (.pkl with G_ema)"),
     )
 }
 
@@ -135,7 +136,7 @@ def convert_checkpoint(
 
     Args:
         source: the checkpoint file.
-        format: one of ``FORMATS`` (``rosinality``, ``gandissect-progan``, ``dcgan``).
+        format: one of ``FORMATS`` (``rosinality``, ``gandissect-progan``, ``dcgan``, ``nvidia-pkl``).
         provenance: extra facts recorded in the config and model card (source, licence...).
         **overrides: hyper-parameters that cannot be read off the shapes (e.g. ``resolution``).
 
@@ -147,11 +148,21 @@ def convert_checkpoint(
     if format not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {format!r}; supported formats are {sorted(FORMATS)}.")
     spec = FORMATS[format]
-    ckpt = read_checkpoint(source)
+    if format == "nvidia-pkl":
+        from .nvidia import nvidia_generator, read_nvidia_pickle
+
+        ckpt = read_nvidia_pickle(source)
+    else:
+        ckpt = read_checkpoint(source)
     latent_avg = None
     cls = generator_class(spec.architecture)
     try:
-        if format == "rosinality":
+        if format == "nvidia-pkl":
+            nvidia = nvidia_generator(ckpt)
+            state_dict, latent_avg = nvidia.state_dict, nvidia.latent_avg
+            overrides = {"lr_mlp": nvidia.lr_mlp, **overrides}
+            provenance = {"nvidia": nvidia.notes, **(provenance or {})}
+        elif format == "rosinality":
             state_dict, latent_avg = _read_rosinality(ckpt)
         elif format == "dcgan":
             state_dict = _read_dcgan(ckpt)

@@ -87,10 +87,23 @@ def load_generator(
 
 
 def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
-    """Build a generator from a model folder (config.json + model.safetensors)."""
+    """Build a generator from a model folder (config.json + model.safetensors).
+
+    Nothing is allocated for the model before its config and weights agree: the generator is first built
+    on the ``meta`` device, so a config.json with absurd sizes is refused instead of exhausting memory.
+
+    Raises:
+        ModelNotFoundError: a file is missing.
+        ConfigError: config.json is not a JSON object of valid, consistent fields.
+        CheckpointError: model.safetensors is unreadable, or its keys, shapes, dtypes or values (NaN, Inf)
+            do not fit the config.
+    """
+    import warnings
+
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..errors import GanRewriteError
     from ..models import generator_class
 
     folder = Path(folder)
@@ -103,16 +116,42 @@ def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
             )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, or a 5000-digit int
         raise ConfigError(f"{config_path} is not valid JSON: {exc}.") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc}.") from exc
     if not isinstance(raw, dict) or "architecture" not in raw:
         raise ConfigError(f"{config_path} has no `architecture` field; is it a gan-rewrite model folder?")
+    if not isinstance(raw["architecture"], str):
+        raise ConfigError(f"{config_path}: field `architecture` must be a string, got {raw['architecture']!r}.")
     cls = generator_class(raw["architecture"])
     config = cls.config_class.from_dict(raw)
     try:
         state_dict = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}.") from exc
+    try:
+        with torch.device("meta"):  # shapes only: no memory, however large the config says the model is
+            skeleton = cls(config)
+    except GanRewriteError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise ConfigError(f"{config_path} describes no buildable {raw['architecture']} generator: {exc}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "copying into a meta parameter is a no-op": intended
+        skeleton.load_weights(state_dict)  # CheckpointError naming missing / unexpected / mis-shaped keys
+    if config.default_layer not in skeleton.layer_names:
+        raise ConfigError(
+            f"{config_path}: field `default_layer` must be one of {skeleton.layer_names}, got {config.default_layer!r}."
+        )
+    # Everything the model holds, buffers that are not saved included, must be of the weights' order of size.
+    weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    model_bytes = sum(t.numel() * t.element_size() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    if model_bytes > 4 * weight_bytes + (64 << 20):
+        raise ConfigError(
+            f"{config_path} describes a generator of {model_bytes / 2**20:.0f} MiB for {weight_bytes / 2**20:.0f} MiB "
+            "of weights; a field is implausibly large."
+        )
     generator = cls(config)
     generator.load_weights(state_dict)
     return generator.to(device or torch.device("cpu")).eval()

@@ -7,12 +7,13 @@ save never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -59,10 +60,15 @@ class HubMixin:
         folder.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()  # type: ignore[attr-defined]
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors_to_save().items()}
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=False) + "\n")
-        write_text_atomic(folder / CARD_NAME, str(model_card(config, repo_id=repo_id)))
+        # Every file is written in full to a temporary name first; only then are the three renamed into place,
+        # so a failed write leaves the folder as it was, never new weights beside an old config.
+        with contextlib.ExitStack() as stack:
+            weights, config_file, card = (
+                stack.enter_context(atomic_path(folder / name)) for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+            )
+            save_file(tensors, str(weights), metadata={"format": "pt"})
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            card.write_text(str(model_card(config, repo_id=repo_id)), encoding="utf-8")
         if push_to_hub:
             self.push_to_hub(repo_id or folder.name, **push_kwargs)
         return folder

@@ -119,6 +119,29 @@ class GeneratorConfig:
             raise ConfigError(
                 f"config field `default_truncation` must be in [0, 1], got {self.default_truncation}."
             )
+        extra = self.extra if isinstance(self.extra, dict) else {}
+        for key, (hint, kind) in _EXTRA_FIELDS.items():  # `extra` is free-form, but these keys are read back
+            if extra.get(key) is not None and not _matches_type(extra[key], hint):
+                raise ConfigError(f"config field `extra.{key}` should be {kind}, got {extra[key]!r}.")
+        for record in extra.get("applied_rules") or []:
+            if not (isinstance(record.get("name"), str) and isinstance(record.get("source"), str)
+                    and isinstance(record.get("sha256"), str) and _matches_type(record.get("scale"), float)):
+                raise ConfigError(
+                    f"config field `extra.applied_rules` holds {record!r}; each entry needs `name`, `source`, "
+                    "`sha256` (strings) and `scale` (a number)."
+                )
+
+
+# The keys of `GeneratorConfig.extra` that the library reads back (model cards, `gan-rewrite apply`), and their types.
+_EXTRA_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (str, "a string"),
+    "description": (str, "a string"),
+    "license": (str, "a string"),
+    "license_name": (str, "a string"),
+    "tags": (list[str], "a list of strings"),
+    "provenance": (dict[str, Any], "an object"),
+    "applied_rules": (list[dict[str, Any]], "a list of objects"),
+}
 
 
 def _matches_type(value: Any, hint: Any) -> bool:
@@ -246,6 +269,8 @@ class GANGenerator(RuleMixin, HubMixin, nn.Module):
                 raise CheckpointError(
                     f"checkpoint entry {key!r} has dtype {value.dtype}, expected {own[key].dtype}."
                 )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"checkpoint entry {key!r} holds NaN or infinite values; the weights are broken.")
         self.load_state_dict(state_dict, strict=False)
 
     def make_noise(self, seeds: Sequence[int], *, layers: int | None = None) -> list[Tensor] | None:

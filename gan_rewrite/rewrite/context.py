@@ -87,25 +87,41 @@ def encode_mask(mask: Tensor) -> str:
     return f"u8z:{height}x{width}:{packed}"
 
 
+MAX_MASK_SIDE = 8192  # pixels; no model here makes images larger than 1024
 _MASK_CODE = re.compile(r"^(rle|u8z):(\d+)x(\d+):(.*)$", re.DOTALL)
 
 
 def decode_mask(code: str) -> Tensor:
-    """Inverse of :func:`encode_mask`: float32 ``(H, W)``. Raises RuleError on a malformed string."""
+    """Inverse of :func:`encode_mask`: float32 ``(H, W)``. Raises RuleError on a malformed string.
+
+    A code is checked before anything is allocated: sides are at most ``MAX_MASK_SIDE`` pixels and the runs
+    (or the decompressed bytes) must add up to exactly ``H × W``, so a short hostile string cannot ask for
+    gigabytes.
+    """
     match = _MASK_CODE.match(code) if isinstance(code, str) else None
     if match is None:
         raise RuleError(f"malformed mask code {str(code)[:40]!r}; expected 'rle:HxW:...' or 'u8z:HxW:...'.")
     kind, height, width, body = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    if height > MAX_MASK_SIDE or width > MAX_MASK_SIDE:
+        raise RuleError(
+            f"mask code {code[:40]!r} is {height}×{width}; masks are at most {MAX_MASK_SIDE} pixels a side."
+        )
+    pixels = height * width
     try:
         if kind == "rle":
             runs = [int(r) for r in body.split(",")] if body else []
-            values = torch.cat([torch.full((n,), float(j % 2)) for j, n in enumerate(runs)] or [torch.zeros(0)])
         else:
-            raw = zlib.decompress(base64.b64decode(body, validate=True))
-            values = torch.frombuffer(bytearray(raw), dtype=torch.uint8).float() / 255
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(base64.b64decode(body, validate=True), pixels + 1)  # never more than needed
     except (ValueError, zlib.error) as err:
         raise RuleError(f"malformed mask code {code[:40]!r}: {err}") from err
-    if values.numel() != height * width:
+    if kind == "rle":
+        if any(n < 0 for n in runs) or sum(runs) != pixels:
+            raise RuleError(f"mask code {code[:40]!r}: its runs do not add up to {height}×{width} pixels.")
+        values = torch.cat([torch.full((n,), float(j % 2)) for j, n in enumerate(runs)] or [torch.zeros(0)])
+    else:
+        values = torch.frombuffer(bytearray(raw), dtype=torch.uint8).float() / 255 if raw else torch.zeros(0)
+    if values.numel() != pixels:
         raise RuleError(f"mask code {code[:40]!r} holds {values.numel()} pixels, expected {height}×{width}.")
     return values.reshape(height, width)
 

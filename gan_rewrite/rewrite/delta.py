@@ -77,6 +77,14 @@ class LayerDelta:
                 f"rank mismatch: `direction` has {self.direction.shape[1]} column(s), `lambda` has "
                 f"{self.lam.shape[1]} (shapes {tuple(self.direction.shape)}, {tuple(self.lam.shape)})."
             )
+        if self.direction.numel() == 0 or self.lam.numel() == 0:
+            raise RuleError(
+                f"a layer delta needs rank >= 1 and non-empty tensors; got shapes {tuple(self.direction.shape)} "
+                f"and {tuple(self.lam.shape)}."
+            )
+        for label, tensor in (("direction", self.direction), ("lambda", self.lam)):
+            if not bool(torch.isfinite(tensor).all()):  # a NaN rule would silently turn every image into NaN
+                raise RuleError(f"a layer delta's `{label}` holds NaN or infinite values.")
 
     @property
     def rank(self) -> int:
@@ -263,7 +271,8 @@ class RuleDelta:
             RuleNotFoundError: ``source`` is not a local file/folder and no resolver could find it (for the
                 Hub: no such repo, revision or ``rule.safetensors``).
             HubError: the Hub could not be reached.
-            RuleError: the file is not a gan-rewrite rule or is inconsistent.
+            RuleError: the file is not a gan-rewrite rule, is inconsistent (metadata vs tensors), holds
+                tensors that are not float32, or holds NaN / infinite values.
 
         Example:
             >>> RuleDelta.load("rule.safetensors")
@@ -283,12 +292,21 @@ class RuleDelta:
     def _from_file(cls, path: Path) -> RuleDelta:
         from safetensors import SafetensorError, safe_open
 
+        from ..errors import LayerError
+
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as err:
             raise RuleError(f"cannot read rule file {str(path)!r}: {err}") from err
+        try:
+            return cls._from_contents(path, meta, tensors)
+        except LayerError as err:  # an unknown `weight_layout`: the file is at fault, not a layer name
+            raise RuleError(f"rule file {str(path)!r}: {err}") from err
+
+    @classmethod
+    def _from_contents(cls, path: Path, meta: dict[str, str], tensors: dict[str, Tensor]) -> RuleDelta:
         if meta.get("format") != RULE_FORMAT:
             raise RuleError(
                 f"{str(path)!r} is not a gan-rewrite rule: metadata `format` is {meta.get('format')!r}, "
@@ -304,9 +322,14 @@ class RuleDelta:
                 raise RuleError(
                     f"rule file {str(path)!r}: `{key}` lists {len(values)} value(s) for {len(names)} layer(s)."
                 )
+        if len(set(names)) != len(names):
+            raise RuleError(f"rule file {str(path)!r} lists a layer twice in `layer`: {meta['layer']!r}.")
         expected = {f"{n}.{part}" for n in names for part in ("direction", "lambda")}
         if set(tensors) != expected:
             raise RuleError(f"rule file {str(path)!r} holds tensors {sorted(tensors)}, expected {sorted(expected)}.")
+        wrong = sorted(f"{key}: {t.dtype}" for key, t in tensors.items() if t.dtype != torch.float32)
+        if wrong:
+            raise RuleError(f"rule file {str(path)!r}: rule tensors are float32, got {wrong}.")
         layers = {}
         for j, name in enumerate(names):
             delta = LayerDelta(
@@ -324,8 +347,10 @@ class RuleDelta:
         try:
             spec = json.loads(meta.get("spec") or "{}")
             scale = float(meta["scale"])
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise RuleError(f"rule file {str(path)!r} has malformed `spec` or `scale`: {err}") from err
+        if not isinstance(spec, dict):
+            raise RuleError(f"rule file {str(path)!r}: `spec` must be a JSON object, got {type(spec).__name__}.")
         return cls(
             layers=layers,
             scale=scale,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import RuleError, RuleNotFoundError
+
+MAX_SEED = 2**63 - 1  # seeds go to torch.Generator.manual_seed, which takes 64-bit values
 
 _SPEC_FIELDS = {
     "version",
@@ -45,7 +48,7 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise RuleNotFoundError(f"no spec file {str(path)!r}.")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # ValueError: JSON, or a 5000-digit int
         raise RuleError(f"spec {str(path)!r} is not valid JSON: {err}") from err
     try:
         check_spec(spec)
@@ -63,7 +66,7 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
     """
     from .context import decode_mask
     from .rewriter import SPEC_VERSION
-    from .solve import SOLVERS
+    from .solve import CHOICES, CODE_OPTIONS, SOLVERS
 
     if not isinstance(spec, dict):
         raise RuleError(f"a spec must be a JSON object, got {type(spec).__name__}.")
@@ -82,7 +85,7 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         unknown = sorted(set(value) - {"seed", "mask"} - extra)
         if unknown:
             raise RuleError(f"field `{where}` has unknown key(s) {unknown}.")
-        _check_int(value, "seed", f"{where}.seed")
+        _check_int(value, "seed", f"{where}.seed", high=MAX_SEED)
         if "mask" in value or "offset" not in extra:
             if not isinstance(value.get("mask"), str):
                 raise RuleError(f"field `{where}.mask` must be a mask code string, got {value.get('mask')!r}.")
@@ -134,19 +137,21 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         if "n" in stats:
             _check_int(stats, "n", "stats.n", low=1)
         if "seed" in stats:
-            _check_int(stats, "seed", "stats.seed")
+            _check_int(stats, "seed", "stats.seed", high=MAX_SEED)
         _check_number(stats, "truncation", "stats.truncation", low=0.0, high=1.0, optional=True)
     if "rank" in spec:
         _check_int(spec, "rank", "rank", low=1)
     method = spec.get("method", "closed_form")
-    if method not in SOLVERS:
+    if not isinstance(method, str) or method not in SOLVERS:
         raise RuleError(f"field `method` must be one of {sorted(SOLVERS)}, got {method!r}.")
     solver = spec.get("solver") or {}
     if not isinstance(solver, dict):
         raise RuleError(f"field `solver` must be an object of solver options, got {solver!r}.")
     params = inspect.signature(SOLVERS[method]).parameters
-    options = {  # the JSON-able keyword options (a `loss_fn` is code, not data)
-        name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "loss_fn"
+    options = {  # the JSON-able keyword options (a `loss_fn` or `render` is code, not data)
+        name: p.default
+        for name, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in CODE_OPTIONS
     }
     unknown = sorted(set(solver) - set(options))
     if unknown:
@@ -155,13 +160,18 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         )
     for name, value in solver.items():
         default = options[name]
+        if isinstance(default, str):  # a choice among named values, e.g. `loss`
+            allowed = CHOICES.get(name, (default,))
+            if value not in allowed:
+                raise RuleError(f"field `solver.{name}` must be one of {list(allowed)}, got {value!r}.")
+            continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif _is_int(default):
             ok = _is_int(value) and value >= 0
         else:  # a float, or None for "automatic"
             ok = (value is None and default is None) or (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
             )
         if not ok:
             raise RuleError(
@@ -173,10 +183,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_int(obj: dict[str, Any], key: str, where: str, *, low: int = 0) -> None:
+def _check_int(obj: dict[str, Any], key: str, where: str, *, low: int = 0, high: int | None = None) -> None:
     value = obj.get(key)
-    if not _is_int(value) or value < low:
-        raise RuleError(f"field `{where}` must be an integer >= {low}, got {value!r}.")
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        limits = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise RuleError(f"field `{where}` must be an integer {limits}, got {value!r}.")
 
 
 def _check_number(obj: dict[str, Any], key: str, where: str, *, low: float, high: float, optional: bool) -> None:

@@ -100,11 +100,17 @@ class KeyStats:
         key = (name, float(eps))
         if key not in self._factors:
             system = self.second_moment + self.ridge(eps) * torch.eye(self.dim, dtype=torch.float64)
-            if name == "cholesky":
-                self._factors[key] = torch.linalg.cholesky(system)
-            else:
-                values, vectors = torch.linalg.eigh(system)
-                self._factors[key] = (vectors * values.clamp_min(1e-30).rsqrt()) @ vectors.T
+            try:
+                if name == "cholesky":
+                    self._factors[key] = torch.linalg.cholesky(system)
+                else:
+                    values, vectors = torch.linalg.eigh(system)
+                    self._factors[key] = (vectors * values.clamp_min(1e-30).rsqrt()) @ vectors.T
+            except torch.linalg.LinAlgError as err:
+                raise StatsError(
+                    f"the key statistics of {self.layer!r} are not a second-moment matrix (not positive "
+                    f"semi-definite): {err}"
+                ) from err
         return self._factors[key]
 
     # ----- files -------------------------------------------------------------------------------
@@ -137,7 +143,9 @@ class KeyStats:
         """Read statistics written by :meth:`save`.
 
         Raises:
-            StatsError: the file is missing, unreadable, or not a statistics file.
+            StatsError: the file is missing, unreadable, or not a statistics file: wrong shapes or dtypes,
+                NaN / infinite values, a matrix that is not symmetric with a non-negative diagonal, or
+                out-of-range metadata.
         """
         from safetensors import SafetensorError, safe_open
 
@@ -152,12 +160,32 @@ class KeyStats:
             raise StatsError(f"cannot read statistics file {str(path)!r}: {err}") from err
         if meta.get("format") != STATS_FORMAT or set(tensors) != {"second_moment", "mean", "count"}:
             raise StatsError(f"{str(path)!r} is not a gan-rewrite statistics file.")
+        second_moment, mean, count = tensors["second_moment"], tensors["mean"], tensors["count"]
+        dim = mean.shape[0] if mean.ndim == 1 else 0
+        layout_ok = (
+            dim >= 1
+            and second_moment.shape == (dim, dim)
+            and count.shape == (1,)
+            and second_moment.dtype == mean.dtype == torch.float64
+            and count.dtype == torch.int64
+        )
+        if not layout_ok:
+            raise StatsError(
+                f"statistics file {str(path)!r} needs `second_moment` float64 (I, I), `mean` float64 (I,) and "
+                f"`count` int64 (1,); got {second_moment.dtype} {tuple(second_moment.shape)}, {mean.dtype} "
+                f"{tuple(mean.shape)} and {count.dtype} {tuple(count.shape)}."
+            )
+        if not (bool(torch.isfinite(second_moment).all()) and bool(torch.isfinite(mean).all())):
+            raise StatsError(f"statistics file {str(path)!r} holds NaN or infinite values.")
+        asymmetry = float((second_moment - second_moment.T).abs().max())
+        if asymmetry > 1e-6 * float(second_moment.abs().max()) or bool((second_moment.diagonal() < 0).any()):
+            raise StatsError(f"statistics file {str(path)!r}: `second_moment` is not a second-moment matrix.")
         try:
             truncation = float(meta["truncation"]) if meta.get("truncation") else None
-            return cls(
-                second_moment=tensors["second_moment"],
-                mean=tensors["mean"],
-                count=int(tensors["count"][0]),
+            stats = cls(
+                second_moment=second_moment,
+                mean=mean,
+                count=int(count[0]),
                 layer=meta["layer"],
                 model_sha256=meta["model_sha256"],
                 n=int(meta["n"]),
@@ -166,6 +194,14 @@ class KeyStats:
             )
         except (KeyError, ValueError) as err:
             raise StatsError(f"statistics file {str(path)!r} has malformed metadata: {err}") from err
+        if stats.count < 1 or stats.n < 1 or stats.seed < 0:
+            raise StatsError(
+                f"statistics file {str(path)!r}: `count`, `n` must be positive and `seed` non-negative, got "
+                f"{stats.count}, {stats.n}, {stats.seed}."
+            )
+        if stats.truncation is not None and not 0.0 <= stats.truncation <= 1.0:
+            raise StatsError(f"statistics file {str(path)!r}: `truncation` must be in [0, 1], got {stats.truncation}.")
+        return stats
 
     def matches(self, model_hash: str, layer: str, n: int, truncation: float | None, seed: int) -> bool:
         """Whether these statistics answer the request (used by the cache)."""
