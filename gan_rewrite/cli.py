@@ -392,6 +392,27 @@ DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: auto)"
 REVISION_HELP = "Hub branch, tag or commit sha of the model"
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Launch the Gradio Space (``spaces/rewrite/app.py`` of the repository checkout) locally."""
+    import importlib.util
+
+    app_path = Path(__file__).resolve().parents[1] / "spaces" / "rewrite" / "app.py"
+    if not app_path.is_file():
+        print(f"gan-rewrite demo: error: the Space's app is not at {app_path}; run from a checkout of the "
+              "repository (pip install -e '.[demo]').", file=sys.stderr)  # fmt: skip
+        return 2
+    if importlib.util.find_spec("gradio") is None:
+        print("gan-rewrite demo: error: gradio is not installed; pip install 'gan-rewrite[demo]'.", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("gan_rewrite_space_app", app_path)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    argv = ["--model", args.model, *(["--port", str(args.port)] if args.port else [])]
+    argv += ["--share"] if args.share else []
+    app.main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .hub.convert import FORMATS
 
@@ -508,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-preview", action="store_true", help="for a rule: upload no preview.png")
     push.add_argument("--device", default=None, help=DEVICE_HELP + "; for the preview")
     push.set_defaults(run=cmd_push)
+
+    demo = commands.add_parser("demo", help="open the rewriting app (the Gradio Space) in the browser")
+    demo.add_argument("--model", default="dcgan-faces-64", help=MODEL_HELP)
+    demo.add_argument("--port", type=_positive_int, default=None, help="port (default: gradio's, 7860)")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""Small helpers for the Gradio Space (``spaces/rewrite/app.py``): no maths, no gradio import.
+
+* :class:`SharedModels` — one generator per model name, shared by every browser session, each with a lock;
+  key statistics computed once per (model, layer) and reused.
+* :func:`rules_applied` — load a session's rules onto the shared generator, and unload them in ``finally``,
+  so the shared model is never left changed (the weights are bit-identical afterwards).
+* :func:`editor_mask` — the mask a user painted (the alpha of the editor's brush layers) at model resolution.
+* :func:`preview_picture` — the picture of a row of samples the Space shows (and the tests recompute).
+
+Example:
+    >>> models = SharedModels()
+    >>> G, lock = models.get("dcgan-faces-64")
+    >>> with lock, rules_applied(G, [(delta, 0.8)]):
+    ...     after = G.sample([1000, 1001])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from .imaging import image_grid, save_image
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.base import GANGenerator
+    from .rewrite.delta import RuleDelta
+    from .rewrite.stats import KeyStats
+
+PREVIEW_ZOOM = 2
+"""Preview pictures are upscaled this many times (nearest neighbour, so pixels stay exact)."""
+
+
+class SharedModels:
+    """Generators by name, loaded on first use and shared; each comes with the lock that guards it.
+
+    Everything that runs a generator (sampling, statistics, solving) must hold its lock: a session's rules
+    are loaded onto the shared generator only for the duration of one locked request.
+
+    Args:
+        device: passed to :func:`gan_rewrite.load_generator`.
+        stats_n: number of samples of the key statistics.
+    """
+
+    def __init__(self, device: str | None = None, stats_n: int = 1000) -> None:
+        self.device = device
+        self.stats_n = stats_n
+        self._models: dict[str, tuple[GANGenerator, threading.Lock]] = {}
+        self._stats: dict[tuple[str, str], KeyStats] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str) -> tuple[GANGenerator, threading.Lock]:
+        """The generator called ``name`` (known name, folder or Hub repo id) and its lock."""
+        with self._guard:
+            if name not in self._models:
+                from .hub.loading import load_generator
+
+                self._models[name] = (load_generator(name, device=self.device), threading.Lock())
+            return self._models[name]
+
+    def add(self, name: str, G: GANGenerator) -> None:
+        """Offer an already loaded generator under ``name`` (e.g. one a test or a notebook holds)."""
+        with self._guard:
+            self._models[name] = (G, threading.Lock())
+
+    def stats(self, name: str, layer: str) -> KeyStats:
+        """Key statistics of ``name`` at ``layer`` (computed once, then reused). Call with the model's lock held."""
+        key = (name, layer)
+        if key not in self._stats:
+            from .rewrite.stats import compute_stats
+
+            G, _ = self.get(name)
+            self._stats[key] = compute_stats(G, layer, self.stats_n, progress=False)
+        return self._stats[key]
+
+
+@contextmanager
+def rules_applied(G: GANGenerator, rules: Sequence[tuple[RuleDelta, float]]) -> Iterator[None]:
+    """Load ``rules`` (``(delta, scale)`` pairs) onto ``G`` for the block, then unload every rule.
+
+    ``G`` must have no rules loaded on entry (the Space never leaves any), so on exit its weights are the
+    originals bit for bit, even when loading or sampling raised.
+    """
+    try:
+        for i, (delta, scale) in enumerate(rules):
+            G.load_rule(delta, name=f"session{i:03d}", scale=scale)
+        yield
+    finally:
+        G.unload_rules()
+
+
+def editor_mask(value: dict[str, Any] | None, resolution: int) -> np.ndarray:
+    """The painted mask of an image-editor value, ``resolution × resolution`` bool.
+
+    ``value`` is what ``gr.ImageEditor(type="numpy", image_mode="RGBA")`` passes: a dict whose ``layers``
+    are RGBA arrays; a pixel is painted where any layer is not transparent. The layer is shrunk to the
+    model's resolution by area, and a model pixel is in the mask when at least a quarter of it is painted.
+    """
+    layers = [] if value is None else [layer for layer in value.get("layers") or [] if layer is not None]
+    painted = None
+    for layer in layers:
+        array = np.asarray(layer)
+        alpha = (
+            array[..., 3] if array.ndim == 3 and array.shape[2] == 4 else array.reshape(*array.shape[:2], -1).max(-1)
+        )
+        on = alpha > 0
+        painted = on if painted is None or painted.shape != on.shape else painted | on
+    if painted is None:
+        return np.zeros((resolution, resolution), bool)
+    small = Image.fromarray(painted.astype(np.uint8) * 255).resize((resolution, resolution), Image.Resampling.BOX)
+    return np.asarray(small) >= 64
+
+
+def preview_picture(images: torch.Tensor, *, nrow: int | None = None, zoom: int = PREVIEW_ZOOM) -> Image.Image:
+    """A grid of ``(N, 3, H, W)`` samples in [-1, 1], upscaled ``zoom``× by nearest neighbour."""
+    picture = image_grid(images, nrow=nrow or len(images))
+    return picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
+
+
+def picture_file(picture: Image.Image, folder: str | Path) -> str:
+    """Save ``picture`` as ``<folder>/<hash of its pixels>.png`` (atomically, once) and return the path.
+
+    The Space returns its pictures as files rather than PIL images: gradio (6.31) writes a returned PIL
+    image into its cache non-atomically under a name derived from its content, so two sessions returning the
+    same picture at once (e.g. the "before" grid) can be served a half-written file; a returned file is
+    copied into the cache atomically.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{picture.mode}{picture.size}".encode() + picture.tobytes()).hexdigest()[:32]
+    path = Path(folder) / f"{digest}.png"
+    if not path.exists():
+        save_image(picture, path)
+    return str(path)
+
+
+def sample_picture(images: torch.Tensor, size: int) -> Image.Image:
+    """One sample ``(3, H, W)`` as a ``size × size`` picture to paint on (nearest neighbour)."""
+    picture = image_grid(images[None], nrow=1, padding=0)
+    return picture.resize((size, size), Image.Resampling.NEAREST)

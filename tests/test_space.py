@@ -1,0 +1,276 @@
+"""The Gradio Space (spaces/rewrite/app.py) through gradio_client: rewrite, download, isolation, errors.
+
+The app runs in this process on 127.0.0.1 with the embedded faces model; masks are sent as RGBA PNG files
+(the alpha marks the painted pixels), as the browser's image editor sends its brush layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the Space tests need the `demo` extra (gradio)")
+gradio_client = pytest.importorskip("gradio_client", reason="the Space tests need gradio_client")
+
+import gan_rewrite as gr  # noqa: E402
+from gan_rewrite.space import SharedModels, preview_picture  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),  # gradio's own pandas calls
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+APP = Path(__file__).resolve().parents[1] / "spaces" / "rewrite" / "app.py"
+MODEL = "dcgan-faces-64"
+SIZE = 64
+
+
+def load_app():
+    """spaces/rewrite/app.py as a module (it is a script beside the package, not part of it)."""
+    if "space_app" in sys.modules:
+        return sys.modules["space_app"]
+    spec = importlib.util.spec_from_file_location("space_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["space_app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rect(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+EYES = rect(24, 36, 12, 52)
+GLASSES = rect(23, 41, 9, 56)  # seed 35 wears dark glasses there (examples/make_examples.py)
+
+
+def editor_value(mask: np.ndarray | None, folder: Path, zoom: int = 4) -> dict:
+    """What the image editor sends: a brush layer as an RGBA PNG, painted (opaque magenta) on ``mask``."""
+    from gradio_client import handle_file
+
+    if mask is None:
+        return {"background": None, "layers": [], "composite": None}
+    big = np.kron(mask, np.ones((zoom, zoom), bool))
+    rgba = np.zeros((*big.shape, 4), np.uint8)
+    rgba[big] = (255, 0, 255, 255)
+    path = folder / f"mask-{uuid.uuid4().hex}.png"  # unique: sessions upload concurrently
+    Image.fromarray(rgba, "RGBA").save(path)
+    return {"background": None, "layers": [handle_file(str(path))], "composite": None}
+
+
+@pytest.fixture(scope="module")
+def space(dcgan_faces, tmp_path_factory):
+    """The app on a free port of 127.0.0.1, sharing the session's faces model; closed after the module."""
+    app = load_app()
+    models = SharedModels(stats_n=300)
+    models.add(MODEL, dcgan_faces)
+    demo = app.build_demo(MODEL, models=models)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "app": app, "models": models, "G": dcgan_faces,
+               "tmp": tmp_path_factory.mktemp("space")}  # fmt: skip
+    finally:
+        demo.close()
+
+
+def client(space):
+    return gradio_client.Client(space["url"], verbose=False, download_files=str(space["tmp"] / "downloads"))
+
+
+def rewrite(c, space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 35, 1), strength=1.0):
+    folder = space["tmp"]
+    return c.predict(
+        MODEL,
+        "layer3",
+        seeds[0],
+        editor_value(context, folder),
+        seeds[1],
+        editor_value(copy, folder),
+        seeds[2],
+        editor_value(paste, folder),
+        strength,
+        api_name="/rewrite",
+    )
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def expected_after(space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 35, 1), strength=1.0) -> np.ndarray:
+    """The after row computed by the library alone (same statistics), without the app."""
+    G, lock = space["models"].get(MODEL)
+    with lock:
+        rw = gr.Rewriter(G, layer="layer3")
+        rw.set_stats(space["models"].stats(MODEL, "layer3"))
+        rw.add_context(seeds[0], context)
+        rw.set_copy(seeds[1], copy)
+        rw.set_paste(seeds[2], paste)
+        delta = rw.solve(rank=1)
+        G.load_rule(delta, name="expected", scale=strength)
+        try:
+            after = G.sample(space["app"].PREVIEW_SEEDS)
+        finally:
+            G.unload_rules()
+    return np.asarray(preview_picture(after), dtype=np.int16)
+
+
+def weights(G) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in G.state_dict().items()}
+
+
+def test_rewrite_download_and_reload_reproduces_after_grid(space):
+    G = space["G"]
+    c = client(space)
+    before_path, after_path, files, text, *_ = rewrite(c, space)
+    before, after = pixels(before_path), pixels(after_path)
+    assert before.shape == after.shape
+    assert np.abs(before - after).max() > 20, "the rule changed nothing visible"
+    assert "copy seed 35" in text
+
+    paths = [Path(f if isinstance(f, str) else f["path"]) for f in files]
+    names = sorted(p.name for p in paths)
+    assert names == ["rule.json", "rule.safetensors"]
+    rule = gr.RuleDelta.load(next(p for p in paths if p.suffix == ".safetensors"))
+    assert rule.spec["copy"]["seed"] == 35 and rule.layer_names == ["layer3"]
+
+    _, lock = space["models"].get(MODEL)
+    with lock:
+        G.load_rule(rule, name="downloaded")
+        try:
+            again = np.asarray(preview_picture(G.sample(space["app"].PREVIEW_SEEDS)), dtype=np.int16)
+        finally:
+            G.unload_rules()
+    assert np.abs(again - after).max() <= 1
+    np.testing.assert_array_equal(
+        pixels(before_path), np.asarray(preview_picture(G.sample(space["app"].PREVIEW_SEEDS)))
+    )
+
+    # strength and revert act on this session's last rule
+    _, weaker, _, text, *_ = c.predict(MODEL, 0.0, api_name="/set_strength")
+    assert np.abs(pixels(weaker) - before).max() <= 1 and "strength 0" in text
+    _, reverted, files, text, *_ = c.predict(MODEL, api_name="/revert")
+    assert np.abs(pixels(reverted) - before).max() <= 1 and not files and "No rules" in text
+
+    # load the downloaded rule back from a file
+    _, loaded, _, text, *_ = c.predict(
+        MODEL,
+        gradio_client.handle_file(str(next(p for p in paths if p.suffix == ".safetensors"))),
+        1.0,
+        api_name="/load_rule",
+    )
+    assert np.abs(pixels(loaded) - after).max() <= 1 and "loaded rule.safetensors" in text
+
+
+def test_concurrent_sessions_are_isolated(space):
+    G = space["G"]
+    original = weights(G)
+    requests = [
+        dict(seeds=(1, 35, paste), strength=0.5 + 0.2 * i) for i, paste in enumerate([1, 7, 22, 41, 47, 57, 66, 86])
+    ]
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            c = client(space)
+            results[i] = rewrite(c, space, **requests[i])
+        except Exception as err:  # noqa: BLE001 (reported below)
+            results[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, request in enumerate(requests):
+        result = results.get(i)
+        assert not isinstance(result, Exception) and result is not None, f"session {i}: {result!r}"
+        got = pixels(result[1])
+        assert np.abs(got - expected_after(space, **request)).max() <= 1, f"session {i} got another rule's result"
+    grids = [pixels(results[i][1]) for i in range(len(requests))]
+    for i in range(len(grids)):
+        for j in range(i):
+            assert np.abs(grids[i] - grids[j]).max() > 1, f"sessions {i} and {j} look alike: the test tests nothing"
+    after = weights(G)
+    assert G.active_rules == []
+    for key, value in original.items():
+        assert torch.equal(value, after[key]), f"{key} of the shared model changed"
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [("context", "Nothing painted for the context"), ("copy", "Nothing painted for the copy")],
+)
+def test_errors_are_reported_and_the_session_keeps_working(space, missing, message):
+    c = client(space)
+    kwargs = {missing: None}
+    with pytest.raises(Exception, match=message):
+        rewrite(c, space, **kwargs)
+    _, after_path, files, text, *_ = rewrite(c, space)
+    assert len(files) == 2 and "copy seed 35" in text
+
+
+def test_a_bad_rule_file_is_refused(space):
+    c = client(space)
+    bad = space["tmp"] / "not-a-rule.safetensors"
+    bad.write_bytes(b"this is not safetensors")
+    with pytest.raises(Exception, match="Not a usable rule file"):
+        c.predict(MODEL, gradio_client.handle_file(str(bad)), 1.0, api_name="/load_rule")
+    _, after_path, _, text, *_ = c.predict(MODEL, api_name="/revert")  # the session still answers
+    assert "No rules" in text
+
+
+def test_a_rule_for_another_model_is_refused(space, tmp_path):
+    c = client(space)
+    files = rewrite(c, space)[2]
+    path = next(Path(f if isinstance(f, str) else f["path"]) for f in files if str(f).endswith(".safetensors"))
+    rule = gr.RuleDelta.load(path)
+    part = rule.layers["layer3"]
+    foreign = dataclasses.replace(rule, layers={"layer3": dataclasses.replace(part, base_layer_sha256="0" * 64)})
+    foreign.save(tmp_path / "foreign.safetensors")
+    with pytest.raises(Exception, match="does not fit"):
+        c.predict(MODEL, gradio_client.handle_file(str(tmp_path / "foreign.safetensors")), 1.0, api_name="/load_rule")
+    assert "copy seed 35" in c.predict(MODEL, 1.0, api_name="/set_strength")[3]  # the session's rule is still there
+
+
+def test_demo_command_is_wired():
+    from gan_rewrite.cli import build_parser, cmd_demo
+
+    args = build_parser().parse_args(["demo", "--model", MODEL, "--port", "7861", "--share"])
+    assert args.run is cmd_demo and (args.model, args.port, args.share) == (MODEL, 7861, True)
+    assert APP.is_file()  # cmd_demo launches this file's `main`
+
+
+def test_push_the_rule_to_the_hub(space, hub):
+    c = client(space)
+    with pytest.raises(Exception, match="Nothing to push"):
+        c.predict(MODEL, hub.repo_id("rule"), hub.token, api_name="/push")
+    files = rewrite(c, space)[2]
+    repo_id = hub.repo_id("glasses-rule")
+    text = c.predict(MODEL, repo_id, hub.token, api_name="/push")
+    assert repo_id in text
+    pushed = gr.RuleDelta.load(repo_id)
+    local = gr.RuleDelta.load(
+        next(Path(f if isinstance(f, str) else f["path"]) for f in files if str(f).endswith(".safetensors"))
+    )
+    assert torch.equal(pushed.layers["layer3"].lam, local.layers["layer3"].lam)
+    assert {"rule.safetensors", "rule.json", "preview.png", "README.md"} <= set(hub.api().list_repo_files(repo_id))
