@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from masks import box
 from PIL import Image
 
 from gan_rewrite.cli import main, parse_rule
@@ -34,11 +35,6 @@ def cli(argv: list[str]) -> int:
     """The command on the CPU, where the in-process comparisons run (bit-exactness across devices is not a thing)."""
     return main([*argv, "--device", "cpu"])
 
-
-def box(size: int, top: int, left: int, bottom: int, right: int) -> torch.Tensor:
-    mask = torch.zeros(size, size)
-    mask[top:bottom, left:right] = 1.0
-    return mask
 
 
 @pytest.fixture

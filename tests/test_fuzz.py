@@ -23,12 +23,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from masks import tiny_copy_paste_spec
 
 from gan_rewrite.errors import GanRewriteError
 from gan_rewrite.hashing import tensor_sha256
 from gan_rewrite.hub.loading import load_folder
 from gan_rewrite.models import DCGANConfig, DCGANGenerator
-from gan_rewrite.rewrite.context import encode_mask
 from gan_rewrite.rewrite.delta import LayerDelta, RuleDelta
 from gan_rewrite.rewrite.rewriter import Rewriter
 from gan_rewrite.rewrite.spec import check_spec
@@ -59,26 +59,8 @@ def workdir() -> Path:
     return path
 
 
-def box(top: int, left: int, bottom: int, right: int) -> torch.Tensor:
-    mask = torch.zeros(16, 16)
-    mask[top:bottom, left:right] = 1.0
-    return mask
-
-
 def valid_spec() -> dict[str, Any]:
-    return {
-        "version": 1,
-        "layer": LAYER,
-        "truncation": None,
-        "context": [{"seed": 1, "mask": encode_mask(box(8, 8, 14, 14))}],
-        "copy": {"seed": 0, "mask": encode_mask(box(2, 2, 8, 8))},
-        "paste": {"seed": 1, "mask": encode_mask(box(8, 8, 14, 14))},
-        "region": "mask",
-        "stats": {"n": 12, "seed": 0, "truncation": None},
-        "rank": 1,
-        "method": "closed_form",
-        "solver": {},
-    }
+    return tiny_copy_paste_spec(stats_n=12, layer=LAYER)
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from masks import box, tiny_copy_paste_spec
 from safetensors.torch import save_file
 
 from gan_rewrite.cli import main
@@ -155,26 +156,8 @@ def good_stats(tmp_path: Path) -> bytes:
     return stats.save(tmp_path / "stats-good.safetensors").read_bytes()
 
 
-def box(top: int, left: int, bottom: int, right: int, size: int = 16) -> torch.Tensor:
-    mask = torch.zeros(size, size)
-    mask[top:bottom, left:right] = 1.0
-    return mask
-
-
 def good_spec() -> dict[str, Any]:
-    return {
-        "version": 1,
-        "layer": LAYER,
-        "truncation": None,
-        "context": [{"seed": 1, "mask": encode_mask(box(8, 8, 14, 14))}],
-        "copy": {"seed": 0, "mask": encode_mask(box(2, 2, 8, 8))},
-        "paste": {"seed": 1, "mask": encode_mask(box(8, 8, 14, 14))},
-        "region": "mask",
-        "stats": {"n": 8, "seed": 0, "truncation": None},
-        "rank": 1,
-        "method": "closed_form",
-        "solver": {},
-    }
+    return tiny_copy_paste_spec(stats_n=8, layer=LAYER)
 
 
 def refused_by_cli(argv: list[str], capsys: pytest.CaptureFixture[str], error: type[GanRewriteError]) -> str:
@@ -581,7 +564,7 @@ SPEC_CASES = [
     ("region-unknown", _spec(lambda s: s.update(region="circle")), RuleError),
 ]
 SPEC_ON_MODEL_CASES = [  # well-formed specs that do not fit the tiny model: refused once the model is known
-    ("mask-wrong-resolution", _spec(lambda s: s["copy"].update(mask=encode_mask(box(1, 1, 4, 4, size=8)))), RuleError),
+    ("mask-wrong-resolution", _spec(lambda s: s["copy"].update(mask=encode_mask(box(8, 1, 1, 4, 4)))), RuleError),
     ("layer-unknown", _spec(lambda s: s.update(layer="layer9")), LayerError),
 ]
 

@@ -9,6 +9,7 @@ import gan_face_generate
 import numpy as np
 import pytest
 import torch
+from masks import box
 
 from gan_rewrite.errors import LayerError, RuleError, StatsError
 from gan_rewrite.models import (
@@ -44,11 +45,6 @@ def tiny() -> DCGANGenerator:
     torch.manual_seed(0)
     return DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)).eval()
 
-
-def box(size: int, top: int, left: int, bottom: int, right: int) -> torch.Tensor:
-    mask = torch.zeros(size, size)
-    mask[top:bottom, left:right] = 1.0
-    return mask
 
 
 def eye_request(G: DCGANGenerator, stats) -> Rewriter:

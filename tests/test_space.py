@@ -23,7 +23,7 @@ pytest.importorskip("gradio", reason="the Space tests need the `demo` extra (gra
 gradio_client = pytest.importorskip("gradio_client", reason="the Space tests need gradio_client")
 
 import gan_rewrite as gr  # noqa: E402
-from gan_rewrite.space import SharedModels, preview_picture  # noqa: E402
+from gan_rewrite.space import SharedModels, heatmap_picture, preview_picture  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),  # gradio's own pandas calls
@@ -274,3 +274,161 @@ def test_push_the_rule_to_the_hub(space, hub):
     )
     assert torch.equal(pushed.layers["layer3"].lam, local.layers["layer3"].lam)
     assert {"rule.safetensors", "rule.json", "preview.png", "README.md"} <= set(hub.api().list_repo_files(repo_id))
+
+
+def library_rewriter(space, seed=1, context=EYES):
+    """A Rewriter built by the library alone with the Space's statistics and one context. Hold the lock."""
+    G, _ = space["models"].get(MODEL)
+    rw = gr.Rewriter(G, layer="layer3")
+    rw.set_stats(space["models"].stats(MODEL, "layer3"))
+    rw.add_context(seed, context)
+    return rw
+
+
+def test_find_matches_ranks_seeds_as_the_library_does(space):
+    c = client(space)
+    with pytest.raises(Exception, match="Nothing painted for the context"):
+        c.predict(MODEL, "layer3", 0, 1, editor_value(None, space["tmp"]), api_name="/find_matches")
+    found = c.predict(MODEL, "layer3", 0, 1, editor_value(EYES, space["tmp"]), api_name="/find_matches")
+    seeds = [int(item["caption"].split()[1]) for item in found]
+    scores = [float(item["caption"].rsplit(" ", 1)[1]) for item in found]
+    assert len(seeds) == 8 and scores == sorted(scores, reverse=True)
+    assert all(16 <= s < 80 for s in seeds)  # the 64 seeds after page 0
+
+    G, lock = space["models"].get(MODEL)
+    with lock:
+        expected = library_rewriter(space).search(range(16, 80))
+        first = G.sample(expected.seeds[:1])[0]
+    assert seeds == expected.seeds[:8]
+    np.testing.assert_allclose(scores, expected.best[:8].numpy(), atol=1e-3)
+    picture = heatmap_picture(first, expected.heatmaps[0], 128)
+    np.testing.assert_array_equal(pixels(found[0]["image"]), np.asarray(picture, dtype=np.int16))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of an RGBA PNG of ``width × height``: a valid header and no pixels (a "PNG bomb")."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+
+
+def hostile_picture(kind: str, folder: Path) -> Path:
+    path = folder / f"{kind}-{uuid.uuid4().hex}.png"
+    if kind == "text":
+        path.write_text("not a picture at all\n")
+    elif kind == "huge":
+        path.write_bytes(png_header(6000, 6000))  # 36 Mpixels, about 150 MB once decoded
+    else:  # "truncated": a readable header, half the pixels
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 4), np.uint8), "RGBA").save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.mark.parametrize(("kind", "part"), [("text", "layers"), ("huge", "background"), ("truncated", "composite")])
+def test_a_hostile_editor_picture_is_refused(space, kind, part):
+    from gradio_client import handle_file
+
+    c = client(space)
+    value = editor_value(EYES, space["tmp"])
+    bad = handle_file(str(hostile_picture(kind, space["tmp"])))
+    value[part] = [bad] if part == "layers" else bad
+    with pytest.raises(Exception, match="Cannot use the picture sent to the Context"):
+        c.predict(MODEL, "layer3", 0, 1, value, api_name="/find_matches")
+    assert len(c.predict(MODEL, "layer3", 0, 1, editor_value(EYES, space["tmp"]), api_name="/find_matches")) == 8
+
+
+def test_editor_pictures_of_another_size_are_resized(space):
+    from gradio_client import handle_file
+
+    odd = space["tmp"] / "odd-background.png"
+    Image.new("RGB", (300, 200), "grey").save(odd)
+    context = editor_value(EYES, space["tmp"], zoom=8)  # a 512 × 512 brush layer on a 300 × 200 background
+    context["background"] = context["composite"] = handle_file(str(odd))
+    folder = space["tmp"]
+    result = client(space).predict(
+        MODEL, "layer3", 1, context, 35, editor_value(GLASSES, folder), 1, editor_value(EYES, folder), 1.0,
+        api_name="/rewrite",
+    )  # fmt: skip
+    assert np.abs(pixels(result[1]) - expected_after(space)).max() <= 1
+
+
+def library_rule(space, path: Path, *, foreign: bool = False) -> Path:
+    _, lock = space["models"].get(MODEL)
+    with lock:
+        rw = library_rewriter(space)
+        rw.set_copy(35, GLASSES)
+        rw.set_paste(1, EYES)
+        rule = rw.solve(rank=1)
+    if foreign:  # as if made for another model: the base layer's hash differs
+        part = dataclasses.replace(rule.layers["layer3"], base_layer_sha256="0" * 64)
+        rule = dataclasses.replace(rule, layers={"layer3": part})
+    rule.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("picture", "Invalid file type"), ("truncated", "Not a usable rule file"), ("not-a-rule", "is not a gan-rewrite")],
+)
+def test_a_hostile_rule_file_is_refused(space, tmp_path, kind, message):
+    import safetensors.torch
+
+    if kind == "picture":
+        path = hostile_picture("truncated", tmp_path)
+    elif kind == "truncated":
+        path = library_rule(space, tmp_path / "rule.safetensors")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size - 40])
+    else:
+        path = tmp_path / "weights.safetensors"
+        safetensors.torch.save_file({"weight": torch.zeros(3, 3)}, str(path))
+    c = client(space)
+    with pytest.raises(Exception, match=message):  # gradio itself refuses a file not named .safetensors
+        c.predict(MODEL, gradio_client.handle_file(str(path)), 1.0, api_name="/load_rule")
+    assert "No rules" in c.predict(MODEL, api_name="/revert")[3]  # the session still answers
+
+
+def test_hostile_sessions_leave_a_concurrent_session_alone(space, tmp_path):
+    from gradio_client import handle_file
+
+    G = space["G"]
+    original = weights(G)
+    foreign = library_rule(space, tmp_path / "foreign.safetensors", foreign=True)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 1000)
+
+    def bad_picture(c):
+        value = editor_value(EYES, space["tmp"])
+        value["layers"] = [handle_file(str(hostile_picture("text", tmp_path)))]
+        return c.predict(MODEL, "layer3", 0, 1, value, api_name="/find_matches")
+
+    attacks = [
+        bad_picture,
+        lambda c: c.predict(MODEL, handle_file(str(foreign)), 1.0, api_name="/load_rule"),
+        lambda c: c.predict(MODEL, handle_file(str(junk)), 1.0, api_name="/load_rule"),
+    ]
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            c = client(space)
+            results[i] = attacks[i](c) if i < len(attacks) else rewrite(c, space, strength=0.7)
+        except Exception as err:  # noqa: BLE001 (checked below)
+            results[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(attacks) + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    messages = ["Cannot use the picture", "does not fit", "Not a usable rule file"]
+    for i, message in enumerate(messages):
+        assert isinstance(results.get(i), Exception) and message in str(results[i]), f"attack {i}: {results.get(i)!r}"
+    good = results.get(len(attacks))
+    assert not isinstance(good, Exception) and good is not None, repr(good)
+    assert np.abs(pixels(good[1]) - expected_after(space, strength=0.7)).max() <= 1
+    assert G.active_rules == []
+    assert all(torch.equal(value, weights(G)[key]) for key, value in original.items())
