@@ -6,6 +6,8 @@
   so the shared model is never left changed (the weights are bit-identical afterwards).
 * :func:`editor_mask` — the mask a user painted (the alpha of the editor's brush layers) at model resolution.
 * :func:`preview_picture` — the picture of a row of samples the Space shows (and the tests recompute).
+* :func:`heatmap_picture` — a sample with its context-match heatmap overlaid (the Space's "Find matches").
+* :func:`check_picture` — an uploaded picture's size from its header, refusing unreadable or huge ones.
 
 Example:
     >>> models = SharedModels()
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -111,7 +114,10 @@ def editor_mask(value: dict[str, Any] | None, resolution: int) -> np.ndarray:
             array[..., 3] if array.ndim == 3 and array.shape[2] == 4 else array.reshape(*array.shape[:2], -1).max(-1)
         )
         on = alpha > 0
-        painted = on if painted is None or painted.shape != on.shape else painted | on
+        if painted is not None and on.shape != painted.shape:  # a layer of another size: fit it to the first
+            size = (painted.shape[1], painted.shape[0])
+            on = np.asarray(Image.fromarray(on.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+        painted = on if painted is None else painted | on
     if painted is None:
         return np.zeros((resolution, resolution), bool)
     small = Image.fromarray(painted.astype(np.uint8) * 255).resize((resolution, resolution), Image.Resampling.BOX)
@@ -122,6 +128,35 @@ def preview_picture(images: torch.Tensor, *, nrow: int | None = None, zoom: int 
     """A grid of ``(N, 3, H, W)`` samples in [-1, 1], upscaled ``zoom``× by nearest neighbour."""
     picture = image_grid(images, nrow=nrow or len(images))
     return picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
+
+
+def heatmap_picture(image: torch.Tensor, heatmap: torch.Tensor, size: int, *, opacity: float = 0.6) -> Image.Image:
+    """A sample ``(3, H, W)`` in [-1, 1] with a heatmap ``(H, W)`` overlaid in red, ``size × size``.
+
+    The heatmap is clipped to [0, 1] (context-search scores are about 1 on the context itself).
+    """
+    picture = np.asarray(image_grid(image[None], nrow=1, padding=0), dtype=np.float32)
+    heat = heatmap.detach().float().cpu().clamp(0, 1).numpy()[..., None] * opacity
+    mixed = picture * (1 - heat) + np.array([255.0, 0.0, 0.0], np.float32) * heat
+    return Image.fromarray(mixed.round().astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+
+
+def check_picture(source: str | Path | bytes, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` of an uploaded picture, read from its header only (nothing is decoded).
+
+    Raises:
+        ValueError: ``source`` is not an image PIL can read, or has more than ``max_pixels`` pixels.
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source) as picture:
+            width, height = picture.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"the picture is far too large (more than {max_pixels} pixels allowed)") from None
+    except (OSError, SyntaxError, ValueError):  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError("not an image (PNG, JPEG or WebP) that can be read") from None
+    if width * height > max_pixels:
+        raise ValueError(f"the picture is {width}×{height} pixels; at most {max_pixels} pixels are allowed")
+    return width, height
 
 
 def picture_file(picture: Image.Image, folder: str | Path) -> str:

@@ -1,5 +1,10 @@
 """Rewrite a GAN in the browser: paint a context, copy a region of one sample, paste it into another, and
-see the rule act on held-out samples. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
+see the rule act on held-out samples; "Find matches" ranks other samples by how well they match the painted
+context, with heatmaps. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
+
+Hostile input: a picture sent to an editor that is not an image, is truncated or is larger than
+``MAX_PICTURE_PIXELS`` (checked from its header, before decoding), and a rule file that is not a rule or was
+made for another model, are each refused with a ``gr.Error``; the session goes on working.
 
 Isolation: the generator is shared by every session, but a session's rules live only in its ``gr.State``
 (``RuleDelta`` objects and strengths). Each request takes the model's lock, loads that session's rules,
@@ -35,7 +40,9 @@ import gan_rewrite as gr_lib  # noqa: E402
 from gan_rewrite.errors import GanRewriteError  # noqa: E402
 from gan_rewrite.space import (  # noqa: E402
     SharedModels,
+    check_picture,
     editor_mask,
+    heatmap_picture,
     picture_file,
     preview_picture,
     rules_applied,
@@ -59,6 +66,34 @@ PREVIEW_SEEDS = list(range(1000, 1008))
 """Held-out seeds of the before/after rows (never offered for painting: the gallery pages stop below)."""
 PAGE = 16
 EDITOR_SIZE = 256
+SEARCHED, SHOWN = 64, 8
+""""Find matches" searches the ``SEARCHED`` seeds after the gallery page and shows the best ``SHOWN``."""
+MAX_PICTURE_PIXELS = 2048 * 2048
+"""Pictures sent to an editor are refused above this size, from their header, before gradio decodes them."""
+HINTS = {
+    "context": "paint the context (where the rule should act) on the context sample",
+    "copy": "paint the region to copy on the copy sample",
+    "paste": "paint where to paste it on the paste sample",
+}
+
+
+def refusing_bad_pictures(editor: gr.ImageEditor) -> gr.ImageEditor:
+    """``editor``, made to refuse a picture it cannot read, or a huge one, with a clear ``gr.Error`` instead of
+    decoding it (the editors offer no upload, but the API accepts any file). Patched on the instance: a
+    subclass of a gradio component would make gradio write a ``.pyi`` stub beside this file."""
+    convert = editor.convert_and_format_image
+
+    def checked(file: Any, flatten_on_white: bool = False) -> Any:
+        if file is None:
+            return None
+        try:
+            check_picture(getattr(file, "path", file), MAX_PICTURE_PIXELS)
+            return convert(file, flatten_on_white)
+        except (ValueError, OSError) as err:  # e.g. a truncated image whose header was fine
+            raise gr.Error(f"Cannot use the picture sent to the {editor.label or 'editor'}: {err}") from None
+
+    editor.convert_and_format_image = checked
+    return editor
 
 
 def new_session() -> dict[str, Any]:
@@ -102,6 +137,19 @@ def build_demo(
     known = sorted(gr_lib.known_models())
     if model not in known:
         known.insert(0, model)
+
+    def painted(what: str, value: dict | None, size: int):
+        mask = editor_mask(value, size)
+        if not mask.any():
+            raise gr.Error(f"Nothing painted for the {what}: {HINTS[what]}.")
+        return mask
+
+    def context_rewriter(G, name: str, layer: str, seed: int, mask):
+        """A Rewriter at ``layer`` with the shared statistics and the painted context. Hold the model's lock."""
+        rw = gr_lib.Rewriter(G, layer=layer or None)
+        rw.set_stats(models.stats(name, rw.layer))
+        rw.add_context(seed, mask)
+        return rw
 
     def layers_of(name: str) -> tuple[list[str], str]:
         G, _ = _model(name)
@@ -191,28 +239,15 @@ def build_demo(
         G, lock = _model(name)
         rules = _session_rules(session, name)
         size = G.resolution
-        masks = {
-            what: editor_mask(value, size) for what, value in (("context", context), ("copy", copy), ("paste", paste))
-        }
-        hints = {
-            "context": "paint the context (where the rule should act) on the context sample",
-            "copy": "paint the region to copy on the copy sample",
-            "paste": "paint where to paste it on the paste sample",
-        }
-        for what, mask in masks.items():
-            if not mask.any():
-                raise gr.Error(f"Nothing painted for the {what}: {hints[what]}.")
+        masks = {what: painted(what, v, size) for what, v in (("context", context), ("copy", copy), ("paste", paste))}
         seeds = {
             what: _seed(v, what) for what, v in (("context", context_seed), ("copy", copy_seed), ("paste", paste_seed))
         }
         try:
             with lock:
                 progress(0.2, desc="key statistics (first time per layer only)")
-                stats = models.stats(name, layer or G.config.default_layer)
+                rw = context_rewriter(G, name, layer, seeds["context"], masks["context"])
                 progress(0.6, desc="solving")
-                rw = gr_lib.Rewriter(G, layer=layer or None)
-                rw.set_stats(stats)
-                rw.add_context(seeds["context"], masks["context"])
                 rw.set_copy(seeds["copy"], masks["copy"])
                 rw.set_paste(seeds["paste"], masks["paste"])
                 delta = rw.solve(rank=1, method="closed_form")
@@ -227,6 +262,24 @@ def build_demo(
             rules.pop()
             raise
         return before, after, rule_files(session), rules_text(session), session
+
+    @gpu
+    def find_matches(name: str, layer: str, page: float, context_seed: float, context: dict | None):
+        """The seeds after the gallery page whose samples best match the painted context, with heatmaps."""
+        G, lock = _model(name)
+        mask = painted("context", context, G.resolution)
+        seed = _seed(context_seed, "context")
+        end = min((max(0, int(page or 0)) + 1) * PAGE + SEARCHED, PREVIEW_SEEDS[0])  # never the held-out seeds
+        try:
+            with lock:
+                found = context_rewriter(G, name, layer, seed, mask).search(range(end - SEARCHED, end))
+                images = G.sample(found.seeds[:SHOWN])
+        except GanRewriteError as err:
+            raise gr.Error(str(err)) from None
+        return [
+            (picture_file(heatmap_picture(img, heat, 128), pictures), f"seed {s} · match {float(best):.3f}")
+            for img, heat, s, best in zip(images, found.heatmaps, found.seeds, found.best, strict=False)
+        ]
 
     def set_strength(name: str, strength: float, session: dict[str, Any]):
         rules = _session_rules(session, name)
@@ -314,11 +367,17 @@ def build_demo(
                         canvas_size=(EDITOR_SIZE, EDITOR_SIZE),
                         elem_id=f"{what}-editor",
                     )
+                    refusing_bad_pictures(editor)
                     editors.append((seed_box, editor))
         strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength of the last rule")
         with gr.Row():
             rewrite_button = gr.Button("Rewrite", variant="primary", elem_id="rewrite-button")
+            find_button = gr.Button("Find matches", elem_id="find-button")
             revert_button = gr.Button("Revert the last rule")
+        matches = gr.Gallery(
+            columns=SHOWN, height="auto", allow_preview=False, elem_id="matches",
+            label=f"Best matches of the context among the {SEARCHED} seeds after the page (red: where it matches)",
+        )  # fmt: skip
         before_image = gr.Image(label="Before (held-out seeds)", format="png", elem_id="before-grid", interactive=False)
         after_image = gr.Image(label="After", format="png", elem_id="after-grid", interactive=False)
         rules_md = gr.Markdown(rules_text(new_session()))
@@ -345,6 +404,9 @@ def build_demo(
         for seed_box, editor in editors:
             inputs += [seed_box, editor]
         rewrite_button.click(rewrite, [*inputs, strength, session], outputs, api_name="rewrite")
+        context_seed_box, context_editor = editors[0]
+        find_inputs = [model_box, layer_box, page, context_seed_box, context_editor]
+        find_button.click(find_matches, find_inputs, [matches], api_name="find_matches")
         strength.release(set_strength, [model_box, strength, session], outputs, api_name="set_strength")
         revert_button.click(revert, [model_box, session], outputs, api_name="revert")
         upload.upload(load_rule, [model_box, upload, strength, session], outputs, api_name="load_rule")
