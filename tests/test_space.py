@@ -432,3 +432,111 @@ def test_hostile_sessions_leave_a_concurrent_session_alone(space, tmp_path):
     assert np.abs(pixels(good[1]) - expected_after(space, strength=0.7)).max() <= 1
     assert G.active_rules == []
     assert all(torch.equal(value, weights(G)[key]) for key, value in original.items())
+
+
+def library_delta(space, *, contexts=((1, EYES),), copy=(35, GLASSES), paste=(1, EYES)):
+    """The rule the library alone solves (the Space's statistics) from these context examples."""
+    G, lock = space["models"].get(MODEL)
+    with lock:
+        rw = gr.Rewriter(G, layer="layer3")
+        rw.set_stats(space["models"].stats(MODEL, "layer3"))
+        for seed, mask in contexts:
+            rw.add_context(seed, mask)
+        rw.set_copy(*copy)
+        rw.set_paste(*paste)
+        return rw.solve(rank=1)
+
+
+def library_after(space, rules) -> np.ndarray:
+    """The after row with ``rules`` (``(delta, scale)`` pairs) loaded by the library alone."""
+    from gan_rewrite.space import rules_applied
+
+    G, lock = space["models"].get(MODEL)
+    with lock, rules_applied(G, rules):
+        after = G.sample(space["app"].PREVIEW_SEEDS)
+    return np.asarray(preview_picture(after), dtype=np.int16)
+
+
+def test_load_a_rule_from_the_hub(space, hub, monkeypatch):
+    rule = library_delta(space)
+    repo_id = hub.repo_id("rule")
+    rule.push_to_hub(repo_id, preview_seeds=None, token=hub.token)
+    part = dataclasses.replace(rule.layers["layer3"], base_layer_sha256="0" * 64)
+    foreign_id = hub.repo_id("foreign-rule")
+    dataclasses.replace(rule, layers={"layer3": part}).push_to_hub(foreign_id, preview_seeds=None, token=hub.token)
+
+    c = client(space)
+    _, after, _, text, *_ = c.predict(MODEL, repo_id, 1.0, api_name="/load_hub_rule")
+    assert np.abs(pixels(after) - library_after(space, [(rule, 1.0)])).max() <= 1
+    assert f"loaded {repo_id} from the Hub" in text
+
+    with pytest.raises(Exception, match="does not fit"):
+        c.predict(MODEL, foreign_id, 1.0, api_name="/load_hub_rule")
+    with pytest.raises(Exception, match="Cannot load the rule"):
+        c.predict(MODEL, hub.repo_id("no-such-rule"), 1.0, api_name="/load_hub_rule")
+    for not_a_repo in ("", "/etc/passwd", "../rule", "tests/conftest.py"):
+        with pytest.raises(Exception, match="Give the rule's Hub repo as owner/name"):
+            c.predict(MODEL, not_a_repo, 1.0, api_name="/load_hub_rule")
+    hub.go_away(monkeypatch)
+    with pytest.raises(Exception, match="Cannot load the rule"):
+        c.predict(MODEL, hub.repo_id("never-fetched"), 1.0, api_name="/load_hub_rule")
+    text = c.predict(MODEL, 1.0, api_name="/set_strength")[3]  # the session goes on, its rule still there
+    assert f"loaded {repo_id} from the Hub" in text
+
+
+def test_rules_are_toggled_scaled_and_removed_one_by_one(space):
+    c = client(space)
+    first, second = library_delta(space), library_delta(space, paste=(22, EYES))
+    rewrite(c, space)
+    _, both, *_ = rewrite(c, space, seeds=(1, 35, 22))
+    assert np.abs(pixels(both) - library_after(space, [(first, 1.0), (second, 1.0)])).max() <= 1
+
+    _, after, _, text, selected, enabled, strength = c.predict(MODEL, 0, False, 1.0, api_name="/edit_rule")
+    assert np.abs(pixels(after) - library_after(space, [(second, 1.0)])).max() <= 1
+    assert (selected["value"], enabled, strength) == (0, False, 1.0) and "(off)" in text
+    assert len(selected["choices"]) == 2
+    _, after, *_ = c.predict(MODEL, 0, True, 0.5, api_name="/edit_rule")
+    assert np.abs(pixels(after) - library_after(space, [(first, 0.5), (second, 1.0)])).max() <= 1
+    _, after, *_ = c.predict(MODEL, 1, True, 0.3, api_name="/edit_rule")
+    expected = library_after(space, [(first, 0.5), (second, 0.3)])
+    assert np.abs(pixels(after) - expected).max() <= 1
+    assert np.abs(expected - library_after(space, [(first, 0.5), (second, 1.0)])).max() > 1  # scales matter
+    assert tuple(c.predict(MODEL, 0, api_name="/select_rule")) == (True, 0.5)
+
+    _, after, _, text, *_ = c.predict(MODEL, 1, api_name="/remove_rule")
+    assert np.abs(pixels(after) - library_after(space, [(first, 0.5)])).max() <= 1
+    assert "paste seed 22" not in text and "paste seed 1," in text
+    with pytest.raises(Exception):  # noqa: B017 (no such rule any more)
+        c.predict(MODEL, 1, api_name="/remove_rule")
+
+
+def test_several_context_examples(space):
+    c = client(space)
+    two = library_delta(space, contexts=((1, EYES), (7, EYES)))
+    one = library_delta(space)
+    assert not torch.allclose(two.layers["layer3"].lam, one.layers["layer3"].lam)
+
+    def rule_of(result) -> gr.RuleDelta:
+        files = [Path(f if isinstance(f, str) else f["path"]) for f in result[2]]
+        return gr.RuleDelta.load(next(p for p in files if p.suffix == ".safetensors"))
+
+    assert "1 saved context" in c.predict(MODEL, 1, editor_value(EYES, space["tmp"]), api_name="/add_context")
+    assert "2 saved context" in c.predict(MODEL, 7, editor_value(EYES, space["tmp"]), api_name="/add_context")
+    result = rewrite(c, space, context=None)  # the saved contexts only
+    torch.testing.assert_close(rule_of(result).layers["layer3"].lam, two.layers["layer3"].lam, rtol=1e-4, atol=1e-5)
+    assert np.abs(pixels(result[1]) - library_after(space, [(two, 1.0)])).max() <= 1
+
+    found = c.predict(MODEL, "layer3", 0, 1, editor_value(None, space["tmp"]), api_name="/find_matches")
+    G, lock = space["models"].get(MODEL)
+    with lock:
+        rw = library_rewriter(space)
+        rw.add_context(7, EYES)
+        expected = rw.search(range(16, 80))
+    assert [int(item["caption"].split()[1]) for item in found] == expected.seeds[:8]
+
+    assert "No saved contexts" in c.predict(MODEL, api_name="/clear_contexts")
+    with pytest.raises(Exception, match="Nothing painted for the context"):
+        rewrite(c, space, context=None)
+    c.predict(MODEL, 1, editor_value(EYES, space["tmp"]), api_name="/add_context")
+    result = rewrite(c, space, seeds=(7, 35, 1))  # one saved context and the editor's painting
+    torch.testing.assert_close(rule_of(result).layers["layer3"].lam, two.layers["layer3"].lam, rtol=1e-4, atol=1e-5)

@@ -1,15 +1,19 @@
 """Rewrite a GAN in the browser: paint a context, copy a region of one sample, paste it into another, and
 see the rule act on held-out samples; "Find matches" ranks other samples by how well they match the painted
-context, with heatmaps. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
+context, with heatmaps. "Add context" saves the painted context as one more example (Rewrite and Find matches
+use them all); the session's rules are listed, each can be switched off, rescaled or removed; rules load from
+a file or a Hub repo id. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
 
 Hostile input: a picture sent to an editor that is not an image, is truncated or is larger than
-``MAX_PICTURE_PIXELS`` (checked from its header, before decoding), and a rule file that is not a rule or was
-made for another model, are each refused with a ``gr.Error``; the session goes on working.
+``MAX_PICTURE_PIXELS`` (checked from its header, before decoding), a rule file that is not a rule or was
+made for another model, and a Hub rule id that is not ``owner/name`` (never a path on the server), cannot be
+found or reached, are each refused with a ``gr.Error``; the session goes on working.
 
-Isolation: the generator is shared by every session, but a session's rules live only in its ``gr.State``
-(``RuleDelta`` objects and strengths). Each request takes the model's lock, loads that session's rules,
-samples, and unloads them in ``finally`` (:func:`gan_rewrite.space.rules_applied`), so no session sees
-another's rules and the shared weights are bit-identical between requests.
+Isolation: the generator is shared by every session, but a session's rules and saved contexts live only in
+its ``gr.State`` (``RuleDelta`` objects with their strengths and on/off; ``(seed, mask)`` pairs). Each request
+takes the model's lock, loads that session's enabled rules, samples, and unloads them in ``finally``
+(:func:`gan_rewrite.space.rules_applied`), so no session sees another's rules and the shared weights are
+bit-identical between requests.
 
     python spaces/rewrite/app.py [--model dcgan-faces-64] [--port 7860] [--share]     # or: gan-rewrite demo
 """
@@ -24,6 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -97,14 +102,23 @@ def refusing_bad_pictures(editor: gr.ImageEditor) -> gr.ImageEditor:
 
 
 def new_session() -> dict[str, Any]:
-    """A session's state: its model and its rules, newest last, as ``{"delta", "strength", "label"}``."""
-    return {"model": None, "rules": []}
+    """A session's state: its model, its rules, newest last, as ``{"delta", "strength", "label", "enabled"}``,
+    and its saved context examples as ``(seed, mask)`` pairs."""
+    return {"model": None, "rules": [], "contexts": []}
 
 
 def _session_rules(session: dict[str, Any], model: str) -> list[dict[str, Any]]:
-    if session.get("model") != model:  # rules belong to one model; switching model starts afresh
-        session["model"], session["rules"] = model, []
+    if session.get("model") != model:  # rules and contexts belong to one model; switching starts afresh
+        session["model"], session["rules"], session["contexts"] = model, [], []
     return session["rules"]
+
+
+def _session_contexts(session: dict[str, Any], model: str) -> list[tuple[int, Any]]:
+    _session_rules(session, model)
+    return session.setdefault("contexts", [])
+
+
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _scaled(rule: dict[str, Any]) -> gr_lib.RuleDelta:
@@ -144,11 +158,22 @@ def build_demo(
             raise gr.Error(f"Nothing painted for the {what}: {HINTS[what]}.")
         return mask
 
-    def context_rewriter(G, name: str, layer: str, seed: int, mask):
-        """A Rewriter at ``layer`` with the shared statistics and the painted context. Hold the model's lock."""
+    def contexts_of(session: dict[str, Any], name: str, seed: float, value: dict | None, size: int):
+        """The session's saved context examples, plus the context editor's painting when there is one."""
+        contexts = list(_session_contexts(session, name))
+        mask = editor_mask(value, size)
+        if mask.any():
+            contexts.append((_seed(seed, "context"), mask))
+        if not contexts:
+            painted("context", value, size)  # raises the "Nothing painted" error
+        return contexts
+
+    def context_rewriter(G, name: str, layer: str, contexts):
+        """A Rewriter at ``layer`` with the shared statistics and the context examples. Hold the model's lock."""
         rw = gr_lib.Rewriter(G, layer=layer or None)
         rw.set_stats(models.stats(name, rw.layer))
-        rw.add_context(seed, mask)
+        for seed, mask in contexts:
+            rw.add_context(seed, mask)
         return rw
 
     def layers_of(name: str) -> tuple[list[str], str]:
@@ -170,7 +195,7 @@ def build_demo(
         with lock:
             before = G.sample(PREVIEW_SEEDS)
             try:
-                with rules_applied(G, [(_scaled(r), 1.0) for r in rules]):
+                with rules_applied(G, [(_scaled(r), 1.0) for r in rules if r.get("enabled", True)]):
                     after = G.sample(PREVIEW_SEEDS)
             except GanRewriteError as err:
                 raise gr.Error(str(err)) from None
@@ -180,8 +205,41 @@ def build_demo(
         rules = session.get("rules") or []
         if not rules:
             return "No rules yet: paint, then **Rewrite**."
-        lines = [f"{i + 1}. {r['label']} — strength {r['strength']:g}" for i, r in enumerate(rules)]
+        lines = [f"{i + 1}. {rule_name(r)}" for i, r in enumerate(rules)]
         return "Applied rules (the strength slider acts on the last):\n\n" + "\n".join(lines)
+
+    def rule_name(rule: dict[str, Any]) -> str:
+        off = "" if rule.get("enabled", True) else " (off)"
+        return f"{rule['label']} — strength {rule['strength']:g}{off}"
+
+    def rule_controls(session: dict[str, Any], selected: int | None = None):
+        """The dropdown of the session's rules (values are their indices) with ``selected`` (default: the
+        newest) chosen, and that rule's enabled box and strength."""
+        rules = session.get("rules") or []
+        choices = [(f"{i + 1}. {rule_name(r)}", i) for i, r in enumerate(rules)]
+        if selected is None or not 0 <= selected < len(rules):
+            selected = len(rules) - 1 if rules else None
+        rule = rules[selected] if rules else {"enabled": True, "strength": 1.0}
+        return gr.Dropdown(choices=choices, value=selected), rule.get("enabled", True), rule["strength"]
+
+    def contexts_text(session: dict[str, Any]) -> str:
+        contexts = session.get("contexts") or []
+        if not contexts:
+            return "No saved contexts: the context editor's painting is the context."
+        seeds = ", ".join(str(seed) for seed, _ in contexts)
+        return f"{len(contexts)} saved context(s), seeds {seeds} (the editor's painting, if any, is added)."
+
+    def rule_at(session: dict[str, Any], name: str, index: Any) -> dict[str, Any]:
+        rules = _session_rules(session, name)
+        if index is None or not 0 <= int(index) < len(rules):
+            raise gr.Error("Choose one of the applied rules.")
+        return rules[int(index)]
+
+    def shown(name: str, session: dict[str, Any], selected: int | None = None):
+        """What every rule-changing event returns: the grids, the last rule's files, the rules, the state and
+        the per-rule controls."""
+        before, after = render(name, session)
+        return before, after, rule_files(session), rules_text(session), session, *rule_controls(session, selected)
 
     def rule_files(session: dict[str, Any]) -> list[str] | None:
         rules = session.get("rules") or []
@@ -239,40 +297,40 @@ def build_demo(
         G, lock = _model(name)
         rules = _session_rules(session, name)
         size = G.resolution
-        masks = {what: painted(what, v, size) for what, v in (("context", context), ("copy", copy), ("paste", paste))}
-        seeds = {
-            what: _seed(v, what) for what, v in (("context", context_seed), ("copy", copy_seed), ("paste", paste_seed))
-        }
+        contexts = contexts_of(session, name, context_seed, context, size)
+        masks = {what: painted(what, v, size) for what, v in (("copy", copy), ("paste", paste))}
+        seeds = {what: _seed(v, what) for what, v in (("copy", copy_seed), ("paste", paste_seed))}
         try:
             with lock:
                 progress(0.2, desc="key statistics (first time per layer only)")
-                rw = context_rewriter(G, name, layer, seeds["context"], masks["context"])
+                rw = context_rewriter(G, name, layer, contexts)
                 progress(0.6, desc="solving")
                 rw.set_copy(seeds["copy"], masks["copy"])
                 rw.set_paste(seeds["paste"], masks["paste"])
                 delta = rw.solve(rank=1, method="closed_form")
         except GanRewriteError as err:
             raise gr.Error(str(err)) from None
-        label = f"{rw.layer}: copy seed {seeds['copy']} → paste seed {seeds['paste']}, context seed {seeds['context']}"
-        rules.append({"delta": delta, "strength": float(strength), "label": label})
+        context_seeds = ", ".join(str(seed) for seed, _ in contexts)
+        label = f"{rw.layer}: copy seed {seeds['copy']} → paste seed {seeds['paste']}, context seed {context_seeds}"
+        rules.append({"delta": delta, "strength": float(strength), "label": label, "enabled": True})
         progress(0.8, desc="rendering")
         try:
-            before, after = render(name, session)
+            return shown(name, session)
         except gr.Error:
             rules.pop()
             raise
-        return before, after, rule_files(session), rules_text(session), session
 
     @gpu
-    def find_matches(name: str, layer: str, page: float, context_seed: float, context: dict | None):
-        """The seeds after the gallery page whose samples best match the painted context, with heatmaps."""
+    def find_matches(
+        name: str, layer: str, page: float, context_seed: float, context: dict | None, session: dict[str, Any]
+    ):
+        """The seeds after the gallery page whose samples best match the context examples, with heatmaps."""
         G, lock = _model(name)
-        mask = painted("context", context, G.resolution)
-        seed = _seed(context_seed, "context")
+        contexts = contexts_of(session, name, context_seed, context, G.resolution)
         end = min((max(0, int(page or 0)) + 1) * PAGE + SEARCHED, PREVIEW_SEEDS[0])  # never the held-out seeds
         try:
             with lock:
-                found = context_rewriter(G, name, layer, seed, mask).search(range(end - SEARCHED, end))
+                found = context_rewriter(G, name, layer, contexts).search(range(end - SEARCHED, end))
                 images = G.sample(found.seeds[:SHOWN])
         except GanRewriteError as err:
             raise gr.Error(str(err)) from None
@@ -285,15 +343,39 @@ def build_demo(
         rules = _session_rules(session, name)
         if rules:
             rules[-1]["strength"] = float(strength)
-        before, after = render(name, session)
-        return before, after, rule_files(session), rules_text(session), session
+        return shown(name, session)
 
     def revert(name: str, session: dict[str, Any]):
         rules = _session_rules(session, name)
         if rules:
             rules.pop()
-        before, after = render(name, session)
-        return before, after, rule_files(session), rules_text(session), session
+        return shown(name, session)
+
+    def select_rule(name: str, index: Any, session: dict[str, Any]):
+        rule = rule_at(session, name, index)
+        return rule.get("enabled", True), rule["strength"]
+
+    def edit_rule(name: str, index: Any, enabled: bool, strength: float, session: dict[str, Any]):
+        rule = rule_at(session, name, index)
+        rule["enabled"], rule["strength"] = bool(enabled), float(strength)
+        return shown(name, session, int(index))
+
+    def remove_rule(name: str, index: Any, session: dict[str, Any]):
+        rule_at(session, name, index)  # checks the index
+        del session["rules"][int(index)]
+        return shown(name, session)
+
+    def add_loaded(name: str, delta, label: str, strength: float, session: dict[str, Any]):
+        """Append a loaded rule to the session, unless it was made for another model."""
+        G, lock = _model(name)
+        try:
+            with lock, rules_applied(G, [(delta, 1.0)]):  # refuses a rule made for another model
+                pass
+        except GanRewriteError as err:
+            raise gr.Error(f"This rule does not fit {name!r}: {err}") from None
+        rules = _session_rules(session, name)
+        rules.append({"delta": delta, "strength": float(strength), "label": label, "enabled": True})
+        return shown(name, session)
 
     def load_rule(name: str, path: str | None, strength: float, session: dict[str, Any]):
         if not path:
@@ -302,16 +384,28 @@ def build_demo(
             delta = gr_lib.RuleDelta.load(path)
         except GanRewriteError as err:
             raise gr.Error(f"Not a usable rule file: {err}") from None
-        G, lock = _model(name)
+        return add_loaded(name, delta, f"loaded {Path(path).name}", strength, session)
+
+    def load_hub_rule(name: str, repo_id: str, strength: float, session: dict[str, Any]):
+        repo_id = (repo_id or "").strip()
+        # only Hub repo ids: never a path on the server (RuleDelta.load reads local paths first)
+        if not HUB_REPO_ID.fullmatch(repo_id) or ".." in repo_id or Path(repo_id).exists():
+            raise gr.Error(f"Give the rule's Hub repo as owner/name, got {repo_id!r}.")
         try:
-            with lock, rules_applied(G, [(delta, 1.0)]):  # refuses a rule made for another model
-                pass
+            delta = gr_lib.RuleDelta.load(repo_id)
         except GanRewriteError as err:
-            raise gr.Error(f"This rule does not fit {name!r}: {err}") from None
-        rules = _session_rules(session, name)
-        rules.append({"delta": delta, "strength": float(strength), "label": f"loaded {Path(path).name}"})
-        before, after = render(name, session)
-        return before, after, rule_files(session), rules_text(session), session
+            raise gr.Error(f"Cannot load the rule {repo_id!r} from the Hub: {err}") from None
+        return add_loaded(name, delta, f"loaded {repo_id} from the Hub", strength, session)
+
+    def add_context(name: str, context_seed: float, context: dict | None, session: dict[str, Any]):
+        G, _ = _model(name)
+        mask = painted("context", context, G.resolution)
+        _session_contexts(session, name).append((_seed(context_seed, "context"), mask))
+        return contexts_text(session), session
+
+    def clear_contexts(name: str, session: dict[str, Any]):
+        _session_contexts(session, name).clear()
+        return contexts_text(session), session
 
     def push(name: str, repo_id: str, token_text: str, session: dict[str, Any], oauth: gr.OAuthToken | None):
         rules = _session_rules(session, name)
@@ -371,6 +465,10 @@ def build_demo(
                     editors.append((seed_box, editor))
         strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength of the last rule")
         with gr.Row():
+            add_context_button = gr.Button("Add context")
+            clear_contexts_button = gr.Button("Clear contexts")
+            contexts_md = gr.Markdown(contexts_text(new_session()))
+        with gr.Row():
             rewrite_button = gr.Button("Rewrite", variant="primary", elem_id="rewrite-button")
             find_button = gr.Button("Find matches", elem_id="find-button")
             revert_button = gr.Button("Revert the last rule")
@@ -382,8 +480,16 @@ def build_demo(
         after_image = gr.Image(label="After", format="png", elem_id="after-grid", interactive=False)
         rules_md = gr.Markdown(rules_text(new_session()))
         with gr.Row():
+            rule_pick = gr.Dropdown([], value=None, label="Rule", interactive=True)
+            rule_on = gr.Checkbox(True, label="Enabled")
+            rule_strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength of this rule")
+            remove_button = gr.Button("Remove")
+        with gr.Row():
             files = gr.File(label="Download the last rule", file_count="multiple", interactive=False)
             upload = gr.File(label="Load a rule (.safetensors)", file_types=[".safetensors"], type="filepath")
+            with gr.Column():
+                hub_rule_box = gr.Textbox(label="…or a rule's Hub repo (owner/name)")
+                hub_rule_button = gr.Button("Load from the Hub")
         with gr.Accordion("Share on the Hub", open=False):
             if os.environ.get("SPACE_ID"):  # OAuth works on a Space; locally gradio would need a logged-in machine
                 gr.LoginButton()
@@ -392,7 +498,7 @@ def build_demo(
             push_button = gr.Button("Push the last rule")
             push_md = gr.Markdown()
 
-        outputs = [before_image, after_image, files, rules_md, session]
+        outputs = [before_image, after_image, files, rules_md, session, rule_pick, rule_on, rule_strength]
         model_box.change(change_model, [model_box], [layer_box], api_name="change_model")
         page.change(show_samples, [model_box, page], [gallery], api_name="samples")
         demo.load(show_samples, [model_box, page], [gallery], api_visibility="private")
@@ -405,11 +511,22 @@ def build_demo(
             inputs += [seed_box, editor]
         rewrite_button.click(rewrite, [*inputs, strength, session], outputs, api_name="rewrite")
         context_seed_box, context_editor = editors[0]
-        find_inputs = [model_box, layer_box, page, context_seed_box, context_editor]
+        find_inputs = [model_box, layer_box, page, context_seed_box, context_editor, session]
         find_button.click(find_matches, find_inputs, [matches], api_name="find_matches")
         strength.release(set_strength, [model_box, strength, session], outputs, api_name="set_strength")
         revert_button.click(revert, [model_box, session], outputs, api_name="revert")
         upload.upload(load_rule, [model_box, upload, strength, session], outputs, api_name="load_rule")
+        hub_inputs = [model_box, hub_rule_box, strength, session]
+        hub_rule_button.click(load_hub_rule, hub_inputs, outputs, api_name="load_hub_rule")
+        rule_pick.input(select_rule, [model_box, rule_pick, session], [rule_on, rule_strength], api_name="select_rule")
+        edit_inputs = [model_box, rule_pick, rule_on, rule_strength, session]
+        rule_on.input(edit_rule, edit_inputs, outputs, api_name="edit_rule")
+        rule_strength.release(edit_rule, edit_inputs, outputs, api_visibility="private")
+        remove_button.click(remove_rule, [model_box, rule_pick, session], outputs, api_name="remove_rule")
+        context_inputs = [model_box, context_seed_box, context_editor, session]
+        context_outputs = [contexts_md, session]
+        add_context_button.click(add_context, context_inputs, context_outputs, api_name="add_context")
+        clear_contexts_button.click(clear_contexts, [model_box, session], context_outputs, api_name="clear_contexts")
         push_button.click(push, [model_box, repo_box, token_box, session], [push_md], api_name="push")
     demo.queue(default_concurrency_limit=4)
     return demo
