@@ -7,9 +7,7 @@ The app runs in this process on 127.0.0.1 with the embedded faces model; masks a
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import socket
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from space_loader import APP, load_app
 
 pytest.importorskip("gradio", reason="the Space tests need the `demo` extra (gradio)")
 gradio_client = pytest.importorskip("gradio_client", reason="the Space tests need gradio_client")
@@ -30,20 +29,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 
-APP = Path(__file__).resolve().parents[1] / "spaces" / "rewrite" / "app.py"
 MODEL = "dcgan-faces-64"
 SIZE = 64
 
-
-def load_app():
-    """spaces/rewrite/app.py as a module (it is a script beside the package, not part of it)."""
-    if "space_app" in sys.modules:
-        return sys.modules["space_app"]
-    spec = importlib.util.spec_from_file_location("space_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["space_app"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

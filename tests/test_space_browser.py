@@ -7,16 +7,14 @@ own browser download is never used. Skipped, with the reason, only when one of t
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
 import socket
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from space_loader import load_app
 
 CHROMIUM = "/usr/bin/chromium"
 if shutil.which(CHROMIUM) is None:
@@ -31,7 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 
-APP = Path(__file__).resolve().parents[1] / "spaces" / "rewrite" / "app.py"
 MODEL = "dcgan-faces-64"
 ARGS = [
     "--no-sandbox",
@@ -47,15 +44,6 @@ EYE_ROWS, EYE_COLS = (27, 31, 35), (14, 50)
 GLASSES_ROWS, GLASSES_COLS = (26, 30, 34, 38), (11, 54)  # seed 35 wears dark glasses there
 EYES = (slice(24, 38), slice(12, 52))  # the region the after-grid must change in
 
-
-def load_app():
-    if "space_app" in sys.modules:
-        return sys.modules["space_app"]
-    spec = importlib.util.spec_from_file_location("space_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["space_app"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from ..atomic import usual_mode
 from ..errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from ..hashing import file_sha256
 from .known import KnownModel, cache_home, package_file
+from .sniff import read_head
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
 
 
 # ----- reading files safely --------------------------------------------------------------------------
@@ -43,15 +43,7 @@ def read_checkpoint(path: str | Path) -> Any:
         UnsafeCheckpointError: the pickle asks for a class or function beyond tensors and containers.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"checkpoint {str(path)!r} does not exist (or is a folder).")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if not head:
-        raise CheckpointError(f"{str(path)!r} is empty (0 bytes); it is not a checkpoint.")
-    for magic, kind in _IMAGE_MAGIC.items():
-        if head.startswith(magic):
-            raise CheckpointError(f"{str(path)!r} is {kind}, not a checkpoint.")
+    head = read_head(path, "checkpoint")
     if head.startswith(b"PK") and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{str(path)!r} is a truncated or corrupt zip checkpoint.")
     try:

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError
 from .safe_pickle import PersistentStandIn, safe_load
+from .sniff import read_head
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
 
 
 @dataclass
@@ -65,15 +65,7 @@ def read_nvidia_pickle(path: str | Path) -> Any:
         UnsafeCheckpointError: the pickle names a global outside the allow-list; nothing was run.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"network pickle {str(path)!r} does not exist (or is a folder).")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if not head:
-        raise CheckpointError(f"{str(path)!r} is empty (0 bytes); it is not a network pickle.")
-    for magic, kind in _IMAGE_MAGIC.items():
-        if head.startswith(magic):
-            raise CheckpointError(f"{str(path)!r} is {kind}, not a network pickle.")
+    head = read_head(path, "network pickle")
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{str(path)!r} is a `torch.save` zip checkpoint, not an NVIDIA network pickle; try `--format rosinality`."
