@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 import gan_rewrite as gr  # noqa: E402
 from gan_rewrite.rewrite.stats import compute_stats  # noqa: E402
+from gan_rewrite.rules import rules_applied  # noqa: E402
 from gan_rewrite.space import SharedModels, preview_picture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +95,8 @@ def through_library(G, n: int, preview_seeds: list[int], *, cache_dir: str | Non
     rw.set_paste(SEEDS[2], EYES)
     delta = rw.solve(rank=1)
     before = G.sample(preview_seeds)
-    G.load_rule(delta, name="bench")
-    try:
+    with rules_applied(G, [(delta, 1.0)]):
         after = G.sample(preview_seeds)
-    finally:
-        G.unload_rules()
     preview_picture(before), preview_picture(after)
     return time.perf_counter() - start
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 import gan_rewrite as gr
 from gan_rewrite.imaging import image_grid, save_image
+from gan_rewrite.rules import rules_applied
 
 HERE = Path(__file__).resolve().parent
 MODEL = "dcgan-faces-64"
@@ -176,11 +177,8 @@ def change_inside_outside(before: torch.Tensor, after: torch.Tensor, region: np.
 def before_after(G: gr.GANGenerator, rule: gr.RuleDelta, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The samples of ``seeds`` without and with ``rule`` (the model is left as it was)."""
     before = G.sample(seeds)
-    G.load_rule(rule, name="example")
-    try:
+    with rules_applied(G, [(rule, 1.0)]):
         after = G.sample(seeds)
-    finally:
-        G.unload_rules()
     return before, after
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,3 +289,18 @@ def _check_scale(name: str, scale: float) -> float:
     if not math.isfinite(value):
         raise RuleError(f"`scale` for rule {name!r} must be finite, got {scale!r}.")
     return value
+
+
+@contextmanager
+def rules_applied(G: RuleMixin, rules: Sequence[tuple[RuleDelta, float]]) -> Iterator[None]:
+    """Load ``rules`` (``(delta, scale)`` pairs) onto ``G`` for the block, then unload every rule.
+
+    ``G`` must have no rules loaded on entry (the Space never leaves any), so on exit its weights are the
+    originals bit for bit, even when loading or sampling raised.
+    """
+    try:
+        for i, (delta, scale) in enumerate(rules):
+            G.load_rule(delta, name=f"session{i:03d}", scale=scale)
+        yield
+    finally:
+        G.unload_rules()

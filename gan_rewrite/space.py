@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +27,12 @@ import numpy as np
 from PIL import Image
 
 from .imaging import image_grid, save_image
+from .rules import rules_applied  # noqa: F401  (re-exported for the app)
 
 if TYPE_CHECKING:
     import torch
 
     from .models.base import GANGenerator
-    from .rewrite.delta import RuleDelta
     from .rewrite.stats import KeyStats
 
 PREVIEW_ZOOM = 2
@@ -82,21 +80,6 @@ class SharedModels:
             G, _ = self.get(name)
             self._stats[key] = compute_stats(G, layer, self.stats_n, progress=False)
         return self._stats[key]
-
-
-@contextmanager
-def rules_applied(G: GANGenerator, rules: Sequence[tuple[RuleDelta, float]]) -> Iterator[None]:
-    """Load ``rules`` (``(delta, scale)`` pairs) onto ``G`` for the block, then unload every rule.
-
-    ``G`` must have no rules loaded on entry (the Space never leaves any), so on exit its weights are the
-    originals bit for bit, even when loading or sampling raised.
-    """
-    try:
-        for i, (delta, scale) in enumerate(rules):
-            G.load_rule(delta, name=f"session{i:03d}", scale=scale)
-        yield
-    finally:
-        G.unload_rules()
 
 
 def editor_mask(value: dict[str, Any] | None, resolution: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import gan_rewrite as gr
 from gan_rewrite.rewrite import decode_mask, solve_spec
+from gan_rewrite.rules import rules_applied
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.json"))
@@ -68,11 +69,8 @@ def test_example_spec_solves_and_acts_in_its_region(dcgan_faces: gr.GANGenerator
     }
 
     before = dcgan_faces.sample(HELD_OUT)
-    dcgan_faces.load_rule(rule, name="example")
-    try:
+    with rules_applied(dcgan_faces, [(rule, 1.0)]):
         after = dcgan_faces.sample(HELD_OUT)
-    finally:
-        dcgan_faces.unload_rules()
     assert torch.equal(dcgan_faces.sample(HELD_OUT[:2]), before[:2])  # unloaded cleanly
 
     change = (after - before).abs().mean(1)  # (N, H, W)
