@@ -16,6 +16,7 @@ on a fused model load onto it); ``unfuse_rules()`` turns them back into separate
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import RuleError, RuleMismatchError
-from .hashing import cached_digest, tensor_sha256
+from .hashing import cached_digest, tensor_sha256, tensor_token
 from .rewrite.delta import RuleDelta
 from .rewrite.layers import layer_kind
 
@@ -45,19 +46,50 @@ class ActiveRule:
     fused: bool
 
 
+_serials = itertools.count(1)  # numbers loaded rules and stored originals; never reused in a process
+_FINITE_BOUND = 1e37  # below float32's 3.4e38 with room: a bound under it proves the sum finite
+_MAX_NAME = 200
+
+
 @dataclass
 class _LoadedRule:
     delta: RuleDelta
     scale: float
     delta_weights: dict[str, Tensor]  # layer -> delta.scale · ΔW in the weight's layout, on its device
     fused: bool = False
+    serial: int = field(default_factory=lambda: next(_serials))
+    delta_max: dict[str, float] = field(default_factory=dict)  # layer -> max |ΔW| (for the finiteness bound)
+
+
+@dataclass
+class _Original:
+    """A layer's weight before any rule: a private copy, its digest, its largest |value| and a serial."""
+
+    weight: Tensor
+    digest: str
+    max_abs: float
+    serial: int = field(default_factory=lambda: next(_serials))
+
+
+@dataclass
+class _Restored:
+    """What ``unload`` left in a layer: the original copy, kept to skip the copy and hash on the next load.
+
+    Valid while the parameter is the same object at the same version (a write by anyone else bumps it).
+    """
+
+    original: _Original
+    token: int
+    version: int
+    data_ptr: int
 
 
 @dataclass
 class _RuleState:
     rules: dict[str, _LoadedRule] = field(default_factory=dict)
-    originals: dict[str, Tensor] = field(default_factory=dict)  # layer -> weight before any rule
-    original_digests: dict[str, str] = field(default_factory=dict)  # layer -> sha256 of that original
+    originals: dict[str, _Original] = field(default_factory=dict)  # layer -> weight before any rule
+    restored: dict[str, _Restored] = field(default_factory=dict)  # layer -> original after the last unload
+    fused_digests: dict[tuple, str] = field(default_factory=dict)  # (layer, original, fused rules) -> sha256
 
 
 class RuleMixin:
@@ -114,13 +146,14 @@ class RuleMixin:
             name = f"rule{len(state.rules)}"
             while name in state.rules:
                 name += "_"
+        _check_name(name)
         if name in state.rules:
             raise RuleError(f"a rule named {name!r} is already loaded; unload it or pick another `name`.")
         scale = _check_scale(name, scale)
-        delta_weights = {}
+        delta_weights, delta_max = {}, {}
         for layer, part in delta.layers.items():
             self.layer_index(layer)  # LayerError on an unknown layer
-            base = self._base_weight(layer)
+            weight = self.layer_module(layer).weight
             kind = layer_kind(self.layer_module(layer))
             if part.weight_layout != kind.layout:
                 raise RuleMismatchError(
@@ -128,7 +161,7 @@ class RuleMixin:
                     f"layer is a {kind.layout}."
                 )
             # Shapes first, so a rule with absurd sizes is refused before its ΔW is ever allocated.
-            out_ch, in_ch, kh, kw = kind.shape(base)
+            out_ch, in_ch, kh, kw = kind.shape(weight)
             fits = (part.lam.shape[0], part.direction.shape[0], *part.lam.shape[2:]) == (out_ch, in_ch, kh, kw)
             if not fits:
                 raise RuleMismatchError(
@@ -137,11 +170,8 @@ class RuleMixin:
                     f"{(part.lam.shape[0], part.direction.shape[0], *part.lam.shape[2:])}, the layer has "
                     f"{(out_ch, in_ch, kh, kw)}."
                 )
-            dw = delta.delta_weight(layer)  # the rule's own scale included, as RuleDelta reports it
-            delta_weights[layer] = dw.to(base.device)
-            digest = cached_digest(self, f"base:{layer}", [base], lambda base=base: tensor_sha256(base))
-            if layer not in state.originals:
-                state.original_digests[layer] = digest
+            delta_weights[layer], delta_max[layer] = _delta_weight(delta, layer, weight.device, name)
+            digest = self._base_digest(layer)
             if digest != part.base_layer_sha256:
                 message = (
                     f"rule {name!r} was made for a different {layer!r} weight (sha256 "
@@ -151,7 +181,13 @@ class RuleMixin:
                 if not force:
                     raise RuleMismatchError(message + " Pass `force=True` to load it anyway.")
                 logger.warning("%s Loading anyway (force=True).", message)
-        state.rules[name] = _LoadedRule(delta=delta, scale=scale, delta_weights=delta_weights)
+        loaded = _LoadedRule(delta=delta, scale=scale, delta_weights=delta_weights, delta_max=delta_max)
+        state.rules[name] = loaded
+        try:
+            self._check_finite(delta.layer_names)
+        except RuleError:
+            del state.rules[name]
+            raise
         self._refresh(delta.layer_names)
         return name
 
@@ -169,9 +205,16 @@ class RuleMixin:
                 raise RuleError(f"rule {name!r} is fused; call `unfuse_rules()` before rescaling it.")
             checked[name] = _check_scale(name, value)
         touched: set[str] = set()
+        previous = {name: state.rules[name].scale for name in checked}
         for name, value in checked.items():
             state.rules[name].scale = value
             touched.update(state.rules[name].delta.layer_names)
+        try:
+            self._check_finite(touched)
+        except RuleError:
+            for name, value in previous.items():
+                state.rules[name].scale = value
+            raise
         self._refresh(touched)
 
     def fuse_rules(self, names: list[str] | None = None) -> None:
@@ -204,7 +247,7 @@ class RuleMixin:
         """The layer's weight without any rule (a copy)."""
         self.layer_index(layer)
         stored = self._rules().originals.get(layer)
-        return (self.layer_module(layer).weight if stored is None else stored).detach().clone()
+        return (self.layer_module(layer).weight if stored is None else stored.weight).detach().clone()
 
     def _tensors_to_save(self) -> dict[str, Tensor]:
         """The base weights (original + fused rules): unfused rules are data beside the model, not saved."""
@@ -227,9 +270,9 @@ class RuleMixin:
     def _rule(self, name: str) -> _LoadedRule:
         try:
             return self._rules().rules[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable "name"
             raise RuleError(
-                f"no rule named {name!r} is loaded; loaded rules are {sorted(self._rules().rules)}."
+                f"no rule named {str(name)[:80]!r} is loaded; loaded rules are {sorted(self._rules().rules)}."
             ) from None
 
     def _names(self, names: list[str] | None) -> list[str]:
@@ -241,44 +284,157 @@ class RuleMixin:
 
     def _base_weight(self, layer: str) -> Tensor:
         """Original + fused rules: the weight a new rule must have been solved against."""
-        state = self._rules()
-        original = state.originals.get(layer)
+        original = self._rules().originals.get(layer)
         if original is None:
             return self.layer_module(layer).weight.detach()
-        return self._compose(layer, original, fused_only=True)
+        return self._compose(layer, original.weight, fused_only=True)
 
-    def _compose(self, layer: str, original: Tensor, *, fused_only: bool) -> Tensor:
-        deltas = [
-            r.delta_weights[layer] * r.scale
-            for _, r in sorted(self._rules().rules.items())
+    def _terms(self, layer: str, *, fused_only: bool) -> list[_LoadedRule]:
+        return [
+            r for _, r in sorted(self._rules().rules.items())
             if layer in r.delta.layers and (r.fused or not fused_only)
         ]
-        if not deltas:
-            return original
-        total = deltas[0] if len(deltas) == 1 else torch.stack(deltas).sum(0)  # name order: load order is moot
-        return (original.to(torch.float32) + total.to(original.device)).to(original.dtype)
+
+    def _compose(self, layer: str, original: Tensor, *, fused_only: bool, out: Tensor | None = None) -> Tensor:
+        """``original + Σ scale·ΔW`` in name order (so load order is moot), computed in float32.
+
+        The one routine that writes layer weights and computes fused bases, so a rule solved on a fused model
+        hashes the same base when loaded onto another model with the same rules fused.
+        """
+        terms = self._terms(layer, fused_only=fused_only)
+        if not terms:
+            return original if out is None else out.copy_(original)
+        if original.dtype == torch.float32 and (out is None or out.dtype == torch.float32):
+            total = torch.add(original, terms[0].delta_weights[layer], alpha=terms[0].scale, out=out)
+        else:
+            total = torch.add(original.to(torch.float32), terms[0].delta_weights[layer], alpha=terms[0].scale)
+        for r in terms[1:]:
+            total.add_(r.delta_weights[layer], alpha=r.scale)
+        if total.dtype != original.dtype:
+            total = total.to(original.dtype)
+            if out is not None:
+                return out.copy_(total)
+        return total
+
+    def _base_digest(self, layer: str) -> str:
+        """SHA-256 of :meth:`_base_weight`, from what the rule code knows rather than rehashing when it can.
+
+        Keys that can never be reused: a stored original is hashed once (its digest kept beside it); a fused
+        base is keyed by the serial numbers of the original and of each fused rule plus its scale; an
+        untouched weight goes through :func:`cached_digest` (a per-tensor token and version counter).
+        """
+        state = self._rules()
+        original = state.originals.get(layer) or self._restored(layer)
+        fused = self._terms(layer, fused_only=True)
+        if original is None:
+            weight = self.layer_module(layer).weight
+            return cached_digest(self, f"base:{layer}", [weight], lambda: tensor_sha256(weight))
+        if not fused:
+            return original.digest
+        key = (layer, original.serial, *((r.serial, r.scale) for r in fused))
+        if key not in state.fused_digests:
+            if len(state.fused_digests) >= 64:
+                state.fused_digests.clear()
+            state.fused_digests[key] = tensor_sha256(self._compose(layer, original.weight, fused_only=True))
+        return state.fused_digests[key]
+
+    def _restored(self, layer: str) -> _Original | None:
+        """The original an unload left, if nobody has written the weight since (else forget it)."""
+        state = self._rules()
+        kept = state.restored.get(layer)
+        if kept is None:
+            return None
+        weight = self.layer_module(layer).weight
+        if (tensor_token(weight), weight._version, weight.data_ptr()) == (kept.token, kept.version, kept.data_ptr):
+            return kept.original
+        del state.restored[layer]
+        return None
+
+    def _check_finite(self, layers: set[str] | list[str]) -> None:
+        """Refuse rules or scales that would make a weight infinite, before any weight is written.
+
+        A bound ``max|W| + Σ|s|·max|ΔW|`` below 1e37 proves the result finite at no cost; above it, the
+        weight is composed into a scratch tensor and checked.
+        """
+        state = self._rules()
+        for layer in layers:
+            terms = self._terms(layer, fused_only=False)
+            if not terms:
+                continue
+            original = state.originals.get(layer) or self._restored(layer)
+            base = original.weight if original is not None else self.layer_module(layer).weight.detach()
+            base_max = original.max_abs if original is not None else float(base.abs().max())
+            bound = base_max + sum(abs(r.scale) * r.delta_max[layer] for r in terms)
+            if bound < _FINITE_BOUND:
+                continue
+            too_large = any(abs(r.scale) > torch.finfo(torch.float32).max for r in terms)
+            if too_large or not bool(torch.isfinite(self._compose(layer, base, fused_only=False)).all()):
+                raise RuleError(
+                    f"these rule scales make layer {layer!r}'s weight infinite (scales "
+                    f"{ {name: r.scale for name, r in sorted(state.rules.items()) if layer in r.delta.layers} }); "
+                    "use smaller scales."
+                )
 
     def _refresh(self, layers: set[str] | list[str]) -> None:
         """Recompute each layer's weight from its stored original and the rules that touch it."""
         state = self._rules()
         for layer in layers:
             weight = self.layer_module(layer).weight
-            original = state.originals.get(layer)
             uses = any(layer in r.delta.layers for r in state.rules.values())
+            original = state.originals.get(layer)
             with torch.no_grad():
                 if original is None:
                     if not uses:
                         continue
-                    original = weight.detach().clone()
+                    original = self._restored(layer)
+                    if original is None:
+                        copy = weight.detach().clone()
+                        original = _Original(copy, tensor_sha256(copy), float(copy.abs().max()))
                     state.originals[layer] = original
+                    state.restored.pop(layer, None)
                 if uses:
-                    weight.copy_(self._compose(layer, original, fused_only=False))
+                    self._compose(layer, original.weight, fused_only=False, out=weight)
                 else:
-                    weight.copy_(original)
+                    weight.copy_(original.weight)
                     del state.originals[layer]
-                    # The weight is the original again, bit for bit: its digest is known, no need to rehash.
-                    known = state.original_digests.pop(layer)
-                    cached_digest(self, f"base:{layer}", [weight], lambda known=known: known)
+                    # The weight is the original again, bit for bit: keep the copy and digest for the next load.
+                    kept = _Restored(original, tensor_token(weight), weight._version, weight.data_ptr())
+                    state.restored[layer] = kept
+
+
+def _delta_weight(delta: RuleDelta, layer: str, device: torch.device, name: str) -> tuple[Tensor, float]:
+    """``delta.scale · ΔW`` on ``device`` and its largest |value|, remembered on ``delta`` for the next load.
+
+    The Space loads the same rule on every request; the dense ΔW is the costly part. The memo is keyed on the
+    tokens and version counters of ``Λ`` and ``D`` (see :mod:`gan_rewrite.hashing`) and the rule's scale.
+
+    Raises:
+        RuleError: ``ΔW`` is not finite (e.g. a rule file whose ``scale`` overflows float32).
+    """
+    part = delta.layers[layer]
+    key = (layer, str(device), delta.scale, tensor_token(part.direction), part.direction._version,
+           tensor_token(part.lam), part.lam._version)
+    memo: dict = delta.__dict__.setdefault("_gan_rewrite_delta_weights", {})
+    if key not in memo:
+        dw = delta.delta_weight(layer).to(device=device, dtype=torch.float32)
+        peak = float(dw.abs().max()) if dw.numel() else 0.0
+        if not math.isfinite(peak):
+            raise RuleError(
+                f"rule {name!r} changes layer {layer!r} by infinite or NaN amounts (its scale is {delta.scale!r}); "
+                "the rule file is broken."
+            )
+        if len(memo) >= 8:
+            memo.clear()
+        memo[key] = (dw, peak)
+    return memo[key]
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME or not name.isprintable():
+        shown = repr(name) if not isinstance(name, str) else repr(name[:40]) + ("…" if len(name) > 40 else "")
+        raise RuleError(
+            f"a rule name must be a non-empty printable string of at most {_MAX_NAME} characters, got {shown}."
+        )
 
 
 def _check_scale(name: str, scale: float) -> float:

@@ -40,7 +40,7 @@ def model_sha256(G: torch.nn.Module) -> str:
     Identifies "the same model" for caching statistics; loaded (unfused or fused) rules change it,
     as they should, since they change the keys of later layers. Cached until a tensor changes.
     """
-    state = G.state_dict()
+    state = G.state_dict(keep_vars=True)  # the live tensors: their cache tokens persist (see hashing.py)
     return cached_digest(G, "model", list(state.values()), lambda: state_sha256(state.items()))
 
 
