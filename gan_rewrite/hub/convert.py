@@ -27,10 +27,12 @@ from ..atomic import usual_mode
 from ..errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from ..hashing import file_sha256
 from .known import KnownModel, cache_home, package_file
+from .safe_pickle import check_tree, short_repr
 from .sniff import read_head
 
 logger = logging.getLogger(__name__)
 
+_INFLATE_SLACK = 64 << 20
 
 
 # ----- reading files safely --------------------------------------------------------------------------
@@ -44,12 +46,14 @@ def read_checkpoint(path: str | Path) -> Any:
     """
     path = Path(path)
     head = read_head(path, "checkpoint")
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{str(path)!r} is a truncated or corrupt zip checkpoint.")
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{str(path)!r} is a truncated or corrupt zip checkpoint.")
+        _check_inflated_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols is noise here
-            return torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f"the global `{refused.group(1)}`" if refused else "pickle instructions beyond tensors and containers"
@@ -61,6 +65,28 @@ def read_checkpoint(path: str | Path) -> Any:
     except Exception as exc:  # torch.load fails in many ways on junk: report them all as one error
         raise CheckpointError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
                               f"{str(exc)[:200]}).") from exc
+    check_tree(ckpt, repr(str(path)))  # before anything walks, hashes or prints it
+    return ckpt
+
+
+def _check_inflated_size(path: Path) -> None:
+    """Refuse a zip whose records inflate to far more than the file: ``torch.save`` stores them uncompressed.
+
+    torch's zip reader allocates each record's declared uncompressed size and inflates it; a 2 MB file of
+    DEFLATE-compressed zeros can declare gigabytes. A legitimately re-compressed checkpoint of weights
+    shrinks little (float noise does not compress), so twice the file size plus 64 MiB is a generous cap.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} is a corrupt zip checkpoint: {str(exc)[:200]}.") from exc
+    on_disk = path.stat().st_size
+    if inflated > 2 * on_disk + _INFLATE_SLACK:
+        raise CheckpointError(
+            f"{str(path)!r} inflates to {inflated / 2**20:.0f} MiB from {on_disk / 2**20:.1f} MiB (compressed "
+            "records); `torch.save` never compresses, so this is refused. Re-save it with `torch.save`."
+        )
 
 
 def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
@@ -69,7 +95,7 @@ def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
                               f"found {type(obj).__name__}.")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise CheckpointError(f"the state dict at {where} has non-tensor entries: {bad[:5]}.")
+        raise CheckpointError(f"the state dict at {where} has non-tensor entries: {short_repr(bad[:5])}.")
     return dict(obj)
 
 
@@ -176,10 +202,37 @@ def convert_checkpoint(
     generator = cls(config)
     generator.load_weights(state_dict)
     if latent_avg is not None:
-        generator.latent_avg.copy_(latent_avg.reshape(generator.latent_avg.shape))
+        generator.latent_avg.copy_(_checked_latent_avg(latent_avg, generator.latent_avg, source))
     elif hasattr(generator, "estimate_latent_avg") and "latent_avg" not in state_dict:
         generator.estimate_latent_avg()
+    check_finite_state(generator, f"the model converted from {str(source)!r}")
     return generator.eval()
+
+
+def _checked_latent_avg(latent_avg: Tensor, target: Tensor, source: str | Path) -> Tensor:
+    """The checkpoint's average latent, if it has the model's shape (up to leading 1s) and finite float32 values."""
+    if latent_avg.numel() != target.numel() or latent_avg.squeeze().shape != target.squeeze().shape:
+        raise CheckpointError(
+            f"{str(source)!r}: `latent_avg` has shape {short_repr(tuple(latent_avg.shape))}; the model needs "
+            f"{tuple(target.shape)}."
+        )
+    if not latent_avg.is_floating_point():
+        raise CheckpointError(f"{str(source)!r}: `latent_avg` is {latent_avg.dtype}, not floating point.")
+    value = latent_avg.detach().reshape(target.shape).to(target.dtype)
+    if not bool(torch.isfinite(value).all()):
+        raise CheckpointError(f"{str(source)!r}: `latent_avg` holds NaN or infinite values (or values beyond float32).")
+    return value
+
+
+def check_finite_state(generator: Any, what: str) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or infinite values: it would not load again.
+
+    Raises:
+        CheckpointError: naming the first such tensor.
+    """
+    for key, tensor in generator.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{what} has NaN or infinite values in `{key}`; the weights are broken.")
 
 
 def convert_to_folder(source: str | Path, out_dir: str | Path, *, format: str, **kwargs: Any) -> Path:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .safe_pickle import PersistentStandIn, safe_load
+from .safe_pickle import PersistentStandIn, TensorRecord, safe_load, short_repr
 from .sniff import read_head
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,10 @@ def nvidia_generator(ckpt: Any) -> NvidiaGenerator:
             does not fit.
     """
     if not isinstance(ckpt, dict) or "G_ema" not in ckpt:
-        found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        found = (
+            short_repr(sorted(str(k)[:40] for k in list(ckpt)[:50])[:8]) if isinstance(ckpt, dict)
+            else type(ckpt).__name__
+        )
         raise CheckpointError(f"an NVIDIA network pickle is a dict with `G_ema`; found {found}.")
     g = ckpt["G_ema"]
     if not isinstance(g, PersistentStandIn) or g.class_name != "Generator":
@@ -96,7 +99,7 @@ def _describe(obj: Any) -> str:
 def _number(module: PersistentStandIn, name: str, default: Any = None) -> Any:
     value = module.state.get(name, default)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise CheckpointError(f"`{name}` of {module.class_name} should be a number, got {value!r}.")
+        raise CheckpointError(f"`{name}` of {module.class_name} should be a number, got {short_repr(value)}.")
     return value
 
 
@@ -105,17 +108,31 @@ class _Mapper:
 
     def __init__(self, g: PersistentStandIn) -> None:
         self.g = g
-        self.source = {name: record.to_tensor() for name, record in g.tensors().items()}
+        # Records, not tensors: each becomes a tensor only once its name and shape have been checked, so
+        # unknown or mis-shaped entries cost nothing (60 views of one 32 MB storage used to cost 2.3 GB).
+        self.source: dict[str, TensorRecord] = g.tensors()
+        for record in self.source.values():
+            record.check()
         self.out: dict[str, Tensor] = {}
         self.filter: Tensor | None = None
 
     def take(self, key: str, shape: tuple[int, ...]) -> Tensor:
         if key not in self.source:
-            raise CheckpointError(f"`G_ema` has no `{key}`; found {sorted(self.source)[:6]}...")
-        tensor = self.source.pop(key)
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(f"`G_ema.{key}` should be {shape}, got {tuple(tensor.shape)}.")
-        return tensor.float()
+            raise CheckpointError(f"`G_ema` has no `{key}`; found {short_repr(sorted(self.source)[:6])}...")
+        record = self.source.pop(key)
+        if tuple(record.size) != shape:
+            raise CheckpointError(f"`G_ema.{key}` should be {shape}, got {short_repr(tuple(record.size))}.")
+        return self.convert(key, record)
+
+    @staticmethod
+    def convert(key: str, record: TensorRecord) -> Tensor:
+        """A checked record as a finite float32 tensor (weights are floating point; Bool/Int storages are not)."""
+        if not record.dtype.is_floating_point:
+            raise CheckpointError(f"`G_ema.{key}` is stored as {record.dtype}, not as floating-point weights.")
+        tensor = record.to_tensor().float()
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"`G_ema.{key}` holds NaN or infinite values (or values beyond float32).")
+        return tensor
 
     def child(self, module: PersistentStandIn, name: str, class_name: str) -> PersistentStandIn:
         sub = module.submodules().get(name)
@@ -146,7 +163,9 @@ class _Mapper:
         notes = self.synthesis(self.child(g, "synthesis", "SynthesisNetwork"), w_dim, resolution)
         latent_avg = self.out.pop("latent_avg")
         if self.source:
-            raise CheckpointError(f"`G_ema` has tensors this conversion does not know: {sorted(self.source)[:8]}.")
+            raise CheckpointError(
+                f"`G_ema` has tensors this conversion does not know: {short_repr(sorted(self.source)[:8])}."
+            )
         return NvidiaGenerator(self.out, latent_avg, lr_mlp, notes)
 
     def mapping(self, mapping: PersistentStandIn, w_dim: int) -> float:
@@ -159,7 +178,7 @@ class _Mapper:
             fc = self.child(mapping, f"fc{i}", "FullyConnectedLayer")
             if fc.state.get("activation") != "lrelu":
                 raise CheckpointError(
-                    f"`mapping.fc{i}` uses {fc.state.get('activation')!r}; only 'lrelu' is supported."
+                    f"`mapping.fc{i}` uses {short_repr(fc.state.get('activation'))}; only 'lrelu' is supported."
                 )
             lr, weight_gain = _number(fc, "bias_gain", 1), _number(fc, "weight_gain", 1)
             if not lr or not math.isclose(weight_gain, lr / math.sqrt(w_dim), rel_tol=1e-6):
@@ -186,14 +205,16 @@ class _Mapper:
             architecture = block.state.get("architecture", "skip")
             if architecture != "skip":
                 raise CheckpointError(
-                    f"`synthesis.b{res}` has architecture {architecture!r}; only 'skip' (config-f / ada) is supported."
+                    f"`synthesis.b{res}` has architecture {short_repr(architecture)}; only 'skip' (config-f / ada) "
+                    "is supported."
                 )
             if block.state.get("use_fp16"):
                 notes["fp16_resolutions"].append(res)
             prefix = f"synthesis.b{res}"
             self.check_filter(f"{prefix}.resample_filter")
             conv1 = self.child(block, "conv1", "SynthesisLayer")
-            channels = self.source.get(f"{prefix}.conv1.weight", torch.empty(0, 0)).shape[0]
+            conv1_weight = self.source.get(f"{prefix}.conv1.weight")
+            channels = conv1_weight.size[0] if conv1_weight is not None and conv1_weight.size else 0
             if res == 4:
                 self.out["input.input"] = self.take(f"{prefix}.const", (channels, 4, 4))[None]
                 self.layer(conv1, f"{prefix}.conv1", "conv1", channels, channels, w_dim, res, layer_index, notes)
@@ -232,11 +253,13 @@ class _Mapper:
 
     def check_filter(self, key: str) -> None:
         """Every ``resample_filter`` must be one and the same 2-D FIR filter (ours has one ``blur_kernel``)."""
-        f = self.source.pop(key, None)
-        if f is None or f.ndim != 2 or f.shape[0] != f.shape[1]:
+        record = self.source.pop(key, None)
+        size = None if record is None else tuple(record.size)
+        if size is None or len(size) != 2 or size[0] != size[1] or not 1 <= size[0] <= 16:
             raise CheckpointError(
-                f"`G_ema.{key}` should be a square 2-D FIR filter, got {None if f is None else tuple(f.shape)}."
+                f"`G_ema.{key}` should be a square 2-D FIR filter (at most 16 taps), got {short_repr(size)}."
             )
+        f = self.convert(key, record)
         if self.filter is None:
             self.filter = f.float()
         elif f.shape != self.filter.shape or not torch.equal(f.float(), self.filter):

@@ -18,6 +18,14 @@ allow-list of names, each to a function or class *of this module* that builds an
 
 Anything else raises :class:`UnsafeCheckpointError` naming the global, before anything is imported.
 Tensors become real ``torch.Tensor`` only afterwards (:meth:`TensorRecord.to_tensor`), with bounds checks.
+
+Tiny files must not hang or exhaust the reader either. It is Python's pure-Python unpickler with three
+opcodes replaced: BUILD only ever sets state on an instance made during this load (never on a class or
+function from the allow-list, which would outlive the load); every re-use (memo GET) of a tuple or
+frozenset is charged its expanded size against a budget, so a DAG of tuples (2**40 elements from 1 KB,
+hashed as a dict key) is refused instead of hashed; and :func:`check_tree` then bounds the depth and the
+tree-expanded size of what was read (cycles and DAGs of lists, dicts and modules), before anything walks it.
+Error messages show attacker data only through :func:`short_repr`.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import pickle
+import reprlib
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +76,58 @@ _NUMPY_FORMATS = {
     "b1": "?",
 }
 _MAX_STORAGE_BYTES = 1 << 34  # 16 GiB: far above any generator, far below a hostile "numel" of 2**62
+MAX_DEPTH = 64  # containers inside containers: NVIDIA's pickles nest about 12 deep
+MAX_NODES = 250_000  # containers and items as a tree (shared parts once per use); NVIDIA's 1024px ffhq.pkl ~40k
+_MAX_REUSE = 1_000_000  # total expanded size of re-used tuples / frozensets (what hashing them would cost)
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother, _short.maxlong = 3, 60, 60, 40
+_short.maxdict = _short.maxlist = _short.maxtuple = _short.maxset = _short.maxfrozenset = 6
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr`` of attacker-controlled data for error messages (never more than ~300 characters)."""
+    try:
+        text = _short.repr(value)
+    except Exception:  # a repr that fails: say what it is
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def check_tree(obj: Any, what: str = "the checkpoint") -> None:
+    """Refuse objects nested deeper than :data:`MAX_DEPTH` or larger than :data:`MAX_NODES` as a tree.
+
+    Counting shared containers once per use makes a cycle (a module that holds itself) hit the depth limit
+    and a DAG (a list holding the previous list twice, 40 levels) hit the size limit, quickly, with an
+    explicit stack: nothing that walks the result afterwards (conversion, messages) can recurse or blow up.
+
+    Raises:
+        CheckpointError: naming the limit.
+    """
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise CheckpointError(
+                f"{what} holds more than {MAX_NODES} objects when read as a tree (shared or repeated structure); "
+                "a network checkpoint is a tree of modules and tensors."
+            )
+        if isinstance(item, PersistentStandIn):
+            children: Any = (item.state,)
+        elif isinstance(item, dict):
+            children = (*item.keys(), *item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        else:
+            continue
+        if depth >= MAX_DEPTH and children:
+            raise CheckpointError(
+                f"{what} nests containers more than {MAX_DEPTH} deep, or a module holds itself; a network "
+                "checkpoint is a shallow tree of modules and tensors."
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 # ----- inert records the unpickler builds ---------------------------------------------------------------
@@ -82,6 +145,16 @@ class StorageRecord:
     def numel(self) -> int:
         return len(self.data) // torch.empty((), dtype=self.dtype).element_size()
 
+    def flat(self) -> Tensor:
+        """The storage as a 1-D tensor over the bytes, without copying them (shared by every view)."""
+        cached = self.__dict__.get("_flat")
+        if cached is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "non-writable buffer": it is only read, then cloned
+                cached = torch.frombuffer(self.data, dtype=self.dtype)
+            self.__dict__["_flat"] = cached
+        return cached
+
 
 @dataclass
 class TensorRecord:
@@ -95,21 +168,42 @@ class TensorRecord:
     def __setstate__(self, state: Any) -> None:  # BUILD on a tensor is never needed: refuse it
         raise CheckpointError("the pickle sets state on a tensor, which torch never writes.")
 
-    def to_tensor(self) -> Tensor:
-        """A fresh float tensor; raises :class:`CheckpointError` if the view runs outside its storage."""
+    def check(self) -> None:
+        """Raise :class:`CheckpointError` if the view runs outside its storage or overlaps itself (no allocation)."""
         if len(self.size) != len(self.stride) or any(s < 0 for s in (*self.size, *self.stride, self.offset)):
-            raise CheckpointError(f"malformed tensor: size {self.size}, stride {self.stride}, offset {self.offset}.")
+            raise CheckpointError(
+                f"malformed tensor: size {short_repr(self.size)}, stride {short_repr(self.stride)}, "
+                f"offset {self.offset}."
+            )
         extent = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1
         if 0 in self.size:
             extent = 0
         if extent > self.storage.numel:
             raise CheckpointError(
-                f"a tensor of size {self.size} runs past the end of its storage ({self.storage.numel} elements)."
+                f"a tensor of size {short_repr(self.size)} runs past the end of its storage "
+                f"({self.storage.numel} elements)."
             )
+        if self.numel > max(self.storage.numel, 1):  # only overlapping (e.g. zero) strides can do that
+            raise CheckpointError(
+                f"a tensor of size {short_repr(self.size)} has more elements than its storage "
+                f"({self.storage.numel}); weights are never saved as overlapping views."
+            )
+
+    def to_tensor(self) -> Tensor:
+        """A fresh tensor of the view (checked first); only the view's elements are copied."""
+        self.check()
         if not self.storage.data:
             return torch.empty(self.size, dtype=self.storage.dtype)
-        flat = torch.frombuffer(bytearray(self.storage.data), dtype=self.storage.dtype)
-        return flat.as_strided(self.size, self.stride, self.offset).clone()
+        # Only the view is copied: every view of a storage shares one zero-copy tensor over its bytes.
+        return self.storage.flat().as_strided(self.size, self.stride, self.offset).clone()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.dtype
 
 
 @dataclass
@@ -130,21 +224,36 @@ class PersistentStandIn:
 
     def submodules(self) -> dict[str, PersistentStandIn]:
         modules = self.state.get("_modules") or {}
+        if not isinstance(modules, dict) or not all(isinstance(name, str) for name in modules):
+            raise CheckpointError(f"the submodules of a {self.class_name} are not a dict keyed by names.")
         return {name: m for name, m in modules.items() if isinstance(m, PersistentStandIn)}
 
-    def tensors(self, prefix: str = "") -> dict[str, TensorRecord]:
-        """Every parameter and buffer, by dotted name (as ``state_dict()`` would name them)."""
+    def tensors(self, prefix: str = "", *, _seen: set[int] | None = None) -> dict[str, TensorRecord]:
+        """Every parameter and buffer, by dotted name (as ``state_dict()`` would name them).
+
+        Raises:
+            CheckpointError: a module appears twice in the tree (shared or cyclic modules).
+        """
+        _seen = set() if _seen is None else _seen
+        if id(self) in _seen:
+            raise CheckpointError(
+                f"the module `{prefix.rstrip('.')}` appears twice in the network; modules form a tree."
+            )
+        _seen.add(id(self))
         found: dict[str, TensorRecord] = {}
         for group in ("_parameters", "_buffers"):
-            for name, value in (self.state.get(group) or {}).items():
+            entries = self.state.get(group) or {}
+            if not isinstance(entries, dict) or not all(isinstance(name, str) for name in entries):
+                raise CheckpointError(f"the {group} of a {self.class_name} are not a dict keyed by names.")
+            for name, value in entries.items():
                 if isinstance(value, TensorRecord):
                     found[prefix + name] = value
                 elif value is not None:
                     raise CheckpointError(
-                        f"`{prefix}{name}` in {self.class_name} is {type(value).__name__}, not a tensor."
+                        f"`{prefix}{short_repr(name)}` in {self.class_name} is {type(value).__name__}, not a tensor."
                     )
         for name, module in self.submodules().items():
-            found.update(module.tensors(f"{prefix}{name}."))
+            found.update(module.tensors(f"{prefix}{name}.", _seen=_seen))
         return found
 
 
@@ -157,7 +266,7 @@ class _NumpyDType:
 
     def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
         if not isinstance(code, str):
-            raise CheckpointError(f"a numpy dtype in the pickle has the code {code!r}, not a string.")
+            raise CheckpointError(f"a numpy dtype in the pickle has the code {short_repr(code)}, not a string.")
         self.code, self.byteorder = code, "<"
 
     def __setstate__(self, state: Any) -> None:
@@ -167,7 +276,7 @@ class _NumpyDType:
 
 def _numpy_scalar(dtype: Any, data: Any = b"") -> float | int | bool:
     if not isinstance(dtype, _NumpyDType) or dtype.code not in _NUMPY_FORMATS or not isinstance(data, bytes):
-        raise CheckpointError(f"unsupported numpy scalar in the pickle ({getattr(dtype, 'code', dtype)!r}).")
+        raise CheckpointError(f"unsupported numpy scalar in the pickle ({short_repr(getattr(dtype, 'code', dtype))}).")
     fmt = dtype.byteorder + _NUMPY_FORMATS[dtype.code]
     if struct.calcsize(fmt) != len(data):
         raise CheckpointError(f"a numpy {dtype.code} scalar has {len(data)} bytes.")
@@ -177,10 +286,12 @@ def _numpy_scalar(dtype: Any, data: Any = b"") -> float | int | bool:
 def _reconstruct_persistent_obj(meta: Any) -> PersistentStandIn:
     if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
         raise CheckpointError("a `torch_utils.persistence` object in the pickle has malformed metadata.")
+    if not isinstance(meta.get("class_name"), str) or len(meta["class_name"]) > 200:
+        raise CheckpointError("a `torch_utils.persistence` object in the pickle has no class name (a short string).")
     source = meta.get("module_src")
     source_bytes = source.encode("utf-8", "replace") if isinstance(source, str) else b""
     return PersistentStandIn(
-        class_name=str(meta.get("class_name")),
+        class_name=meta["class_name"],
         state=dict(meta["state"]),
         source_sha256=hashlib.sha256(source_bytes).hexdigest(),
         version=meta.get("version"),
@@ -212,8 +323,75 @@ class _StorageType:
 
 
 # ----- the unpicklers ---------------------------------------------------------------------------------
-class RestrictedUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` whose globals are inert stand-ins from an allow-list (see the module doc)."""
+def _reuse_charged(load: Any) -> Any:
+    """Wrap a memo-GET opcode: re-using a tuple or frozenset is charged its expanded size."""
+
+    def get(self: RestrictedUnpickler) -> None:
+        load(self)
+        item = self.stack[-1]
+        if isinstance(item, tuple | frozenset) and item:
+            self._reused += self._weights.get(id(item), len(item) + 1)
+            if self._reused > _MAX_REUSE:
+                raise CheckpointError(
+                    "the pickle re-uses nested tuples so often that hashing them would take hours (a DAG of "
+                    "tuples); a network checkpoint never does."
+                )
+
+    return get
+
+
+def _weighed(load: Any) -> Any:
+    """Wrap a tuple-building opcode: remember the new tuple's expanded size (what hashing it costs)."""
+
+    def build(self: RestrictedUnpickler) -> None:
+        load(self)
+        self._weigh(self.stack[-1])
+
+    return build
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler whose globals are inert stand-ins from an allow-list (see the module doc).
+
+    Python's pure-Python unpickler (its opcodes can be replaced; the C one's cannot), with BUILD limited
+    to fresh instances and re-used tuples charged against a budget.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for _code in (pickle.BINGET, pickle.LONG_BINGET, pickle.GET):
+        dispatch[_code[0]] = _reuse_charged(pickle._Unpickler.dispatch[_code[0]])
+    for _code in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
+        dispatch[_code[0]] = _weighed(pickle._Unpickler.dispatch[_code[0]])
+    del _code
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self._weights: dict[int, int] = {}  # id(tuple or frozenset) -> its size counted as a tree
+        self._keep: list[Any] = []  # keeps weighed objects alive, so their ids are never reused
+        self._reused = 0
+
+    def _weigh(self, item: Any) -> None:
+        self._weights[id(item)] = 1 + sum(
+            self._weights.get(id(c), 1) if isinstance(c, tuple | frozenset) else 1 for c in item
+        )
+        self._keep.append(item)
+
+    def _frozenset(self, items: Any = ()) -> frozenset:
+        result = frozenset(items)
+        self._weigh(result)
+        return result
+
+    def load_build(self) -> None:
+        """BUILD, but only on an object made during this load: never on a class or function of ours."""
+        inst = self.stack[-2] if len(self.stack) >= 2 else None
+        if isinstance(inst, type) or callable(inst):
+            raise UnsafeCheckpointError(
+                f"the pickle sets attributes on `{getattr(inst, '__qualname__', type(inst).__name__)}` itself "
+                "(a BUILD aimed at a class or function, which would change it for the rest of the process)."
+            )
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     ALLOWED: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -232,10 +410,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return load_storage_bytes
+        if (module, name) == ("builtins", "frozenset"):
+            return self._frozenset
         if (module, name) in self.ALLOWED:
             return self.ALLOWED[(module, name)]
         raise UnsafeCheckpointError(
-            f"refused the global `{module}.{name}`: a pickle of network weights never needs it. "
+            f"refused the global `{str(module)[:100]}.{str(name)[:100]}`: a pickle of network weights never needs it. "
             "Nothing from the file was imported or executed."
         )
 
@@ -253,7 +433,9 @@ class _StorageUnpickler(RestrictedUnpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise UnsafeCheckpointError(f"refused the global `{module}.{name}` inside a pickled storage.")
+        raise UnsafeCheckpointError(
+            f"refused the global `{str(module)[:100]}.{str(name)[:100]}` inside a pickled storage."
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         if not (
@@ -312,7 +494,9 @@ def safe_load(path: str | Path) -> Any:
     """
     with Path(path).open("rb") as handle:
         try:
-            return RestrictedUnpickler(handle).load()
+            obj = RestrictedUnpickler(handle).load()
+            check_tree(obj, repr(str(path)))
+            return obj
         except CheckpointError:
             raise
         except RecursionError as exc:
