@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import GanRewriteError, RuleError, RuleMismatchError, RuleNotFoundError
+from .errors import GanRewriteError, RuleError, RuleMismatchError, RuleNotFoundError, short_repr
 
 if TYPE_CHECKING:
     from .models.base import GANGenerator
@@ -23,22 +23,41 @@ logger = logging.getLogger("gan_rewrite.cli")
 
 
 # ----- argument types --------------------------------------------------------------------------------
+MAX_SEEDS = 100_000  # seeds in one `--seeds` (images in one grid)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit values
+MAX_NROW = 10_000
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-7"``, ``"0,3,5"`` or ``"0-3,10"`` → a list of seeds (ranges inclusive)."""
+    """``"0-7"``, ``"0,3,5"`` or ``"0-3,10"`` → a list of seeds (ranges inclusive).
+
+    At most :data:`MAX_SEEDS` seeds, each at most :data:`MAX_SEED`; both checked before any list is built.
+    """
     seeds: list[int] = []
-    for part in text.split(","):
+    count = 0
+    for part in text.split(",")[: MAX_SEEDS + 1]:
         part = part.strip()
-        if re.fullmatch(r"\d+-\d+", part):
+        if re.fullmatch(r"\d{1,30}-\d{1,30}", part):
             low, high = (int(x) for x in part.split("-"))
+            count += max(0, high - low + 1)
+            if high > MAX_SEED:
+                raise argparse.ArgumentTypeError(f"seeds must be at most 2**63 - 1, got {high}")
+            if count > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"at most {MAX_SEEDS} seeds at a time, got {text[:60]!r}")
             seeds.extend(range(low, high + 1))
-        elif re.fullmatch(r"\d+", part):
+        elif re.fullmatch(r"\d{1,30}", part):
+            count += 1
+            if int(part) > MAX_SEED:
+                raise argparse.ArgumentTypeError(f"seeds must be at most 2**63 - 1, got {part}")
+            if count > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"at most {MAX_SEEDS} seeds at a time, got {text[:60]!r}")
             seeds.append(int(part))
         else:
             seeds = []
             break
     if not seeds:
         raise argparse.ArgumentTypeError(
-            f"invalid seeds {text!r}; use a range like 0-7, a list like 0,3,5, or both: 0-3,10"
+            f"invalid seeds {text[:60]!r}; use a range like 0-7, a list like 0,3,5, or both: 0-3,10"
         )
     return seeds
 
@@ -57,8 +76,11 @@ def parse_rule(text: str) -> tuple[str, float]:
     """
     if not text:
         raise argparse.ArgumentTypeError("empty rule; give a rule file, a folder, or a Hub repo id")
-    if Path(text).expanduser().exists():
-        return text, 1.0
+    try:
+        if Path(text).expanduser().exists():
+            return text, 1.0
+    except (OSError, ValueError):  # too long or NUL: not a local path; what follows refuses it by name
+        pass
     source, sep, tail = text.rpartition(":")
     if sep:
         try:
@@ -90,6 +112,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nrow(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_NROW:
+        raise argparse.ArgumentTypeError(f"--nrow must be at most {MAX_NROW}, got {text[:30]!r}")
+    return value
+
+
+def _check_output(path: str | None, flag: str, *, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work: a folder where a file is wanted (or the
+    reverse), or a parent that is a file."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if not folder and target.is_dir():
+        raise GanRewriteError(f"`{flag}` {path!r} is a folder; give a file name.")
+    if folder and target.exists() and not target.is_dir():
+        raise GanRewriteError(f"`{flag}` {path!r} is a file; give a folder.")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GanRewriteError(f"`{flag}` {path!r} cannot be written: {str(parent)!r} is a file, not a folder.")
+            break
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -106,10 +152,13 @@ def rule_file(source: str) -> Path:
     from .rewrite.delta import RULE_FILENAME, default_resolver
 
     path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / RULE_FILENAME
-    if path.is_file():
-        return path
+    try:
+        if path.is_dir():
+            path = path / RULE_FILENAME
+        if path.is_file():
+            return path
+    except (OSError, ValueError):  # too long or NUL: not a local path
+        pass
     resolver = default_resolver()
     if resolver is None:
         raise RuleNotFoundError(f"rule {source!r} is not a rule file or a folder holding {RULE_FILENAME}.")
@@ -213,6 +262,7 @@ def distributed(device: str | None) -> Iterator[tuple[int, str | None]]:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .hub.convert import convert_checkpoint
 
+    _check_output(args.out_dir, "OUT_DIR", folder=True)
     overrides = {"resolution": args.size} if args.size else {}
     generator = convert_checkpoint(args.src, format=args.format, **overrides)
     generator.save_pretrained(args.out_dir)
@@ -228,6 +278,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .hub.loading import load_generator
     from .imaging import image_format, image_grid, save_image
 
+    _check_output(args.out, "--out")
     try:
         image_format(args.out)  # before any work
     except ValueError as err:
@@ -251,6 +302,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .rewrite.rewriter import Rewriter
     from .rewrite.stats import cache_path, default_cache_dir, model_sha256
 
+    _check_output(args.out, "--out")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     with distributed(args.device) as (rank, device):
         generator = load_generator(args.model, revision=args.revision, device=device)
@@ -290,6 +342,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     from .rewrite.spec import check_spec, read_spec
     from .rewrite.stats import KeyStats
 
+    _check_output(args.out, "--out")
     spec = read_spec(args.spec)
     stats = KeyStats.load(args.stats) if args.stats else None
     generator = load_generator(args.model, revision=args.revision, device=args.device)
@@ -317,6 +370,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from .hub.loading import load_generator
 
+    _check_output(args.out, "--out", folder=True)
     out = Path(args.out)
     model_path = Path(args.model).expanduser()
     if model_path.is_dir() and out.exists() and out.resolve() == model_path.resolve():
@@ -432,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-7"), help="e.g. 0-7 or 0,3,5")
     sample.add_argument("--out", required=True, help="output image, e.g. grid.png")
     sample.add_argument("--truncation", type=_truncation, default=None)
-    sample.add_argument("--nrow", type=int, default=None, help="images per row (default ≈ √N)")
+    sample.add_argument("--nrow", type=_nrow, default=None, help="images per row (default ≈ √N)")
     sample.add_argument("--batch-size", type=_positive_int, default=16)
     sample.add_argument(
         "--rule",
@@ -550,6 +604,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GanRewriteError as exc:
         print(f"gan-rewrite {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only or full disk, a folder where a file goes, a name too long, ...
+        where = f" ({short_repr(exc.filename, 200)})" if getattr(exc, "filename", None) else ""
+        print(f"gan-rewrite {args.command}: error: {exc.strerror or exc}{where}.", file=sys.stderr)
+        return 1
+    except (RecursionError, MemoryError) as exc:
+        print(f"gan-rewrite {args.command}: error: the input is too large or too deeply nested "
+              f"({type(exc).__name__}).", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,22 @@ Each class also subclasses the builtin a caller would naturally catch (``ValueEr
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother, _short.maxlong = 3, 60, 60, 40
+_short.maxdict = _short.maxlist = _short.maxtuple = _short.maxset = _short.maxfrozenset = 6
+
+
+def short_repr(value: Any, limit: int = 300) -> str:
+    """A bounded ``repr`` of untrusted data for error messages (at most ``limit`` characters, nesting cut)."""
+    try:
+        text = _short.repr(value)
+    except Exception:  # a repr that fails: say what it is
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class GanRewriteError(Exception):
     """Base class of every error raised on purpose by gan-rewrite."""

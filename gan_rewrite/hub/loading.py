@@ -18,7 +18,17 @@ from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The Hub's own rule: `owner/name`, each part 1-96 of [A-Za-z0-9_.-], starting with a letter or digit, not ending
+# in '.' or '-', with no '..' or '--' (so `zz/..` is not a repo id and never reaches the client's validator).
+_REPO_ID = re.compile(r"^(?!.*(?:\.\.|--))(?!.*[.-]/)(?!.*[.-]$)[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def _probe(path: Path) -> str:
+    """``"dir"``, ``"file"``, ``"missing"`` — or ``"invalid"`` for a name the OS refuses (too long, NUL, ...)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.exists() else "missing"
+    except (OSError, ValueError):  # ENAMETOOLONG, "embedded null byte"
+        return "invalid"
 
 
 class HubSource(NamedTuple):
@@ -63,9 +73,10 @@ def load_generator(
     target = pick_device(device)
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if path.is_dir():
+    kind = _probe(path)
+    if kind == "dir":
         return load_folder(path, device=target)
-    if path.exists():
+    if kind == "file":
         raise ModelNotFoundError(
             f"{text!r} is a file, not a model folder; convert a legacy checkpoint first with "
             f"`gan-rewrite convert {text} OUT_DIR --format ...`."
@@ -81,7 +92,7 @@ def load_generator(
         generator.hub_source = HubSource(text, revision, folder.name)
         return generator
     raise ModelNotFoundError(
-        f"no model folder, known model name or Hub repo id {text!r}. Known names are "
+        f"no model folder, known model name or Hub repo id {text[:100]!r}. Known names are "
         f"{sorted(known_models())}; a Hub repo id looks like 'owner/name'."
     )
 
@@ -182,6 +193,7 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -189,6 +201,11 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
 
     try:
         yield
+    except HFValidationError as exc:
+        raise ModelNotFoundError(
+            f"{repo_id[:100]!r} (revision {str(revision)[:60]!r}) is not a valid Hub repo id or revision: "
+            f"{str(exc)[:200]}"
+        ) from exc
     except GatedRepoError as exc:
         raise HubError(f"Hub repo {repo_id!r} is gated: accept its terms on the Hub and pass a `token`.") from exc
     except RepositoryNotFoundError as exc:

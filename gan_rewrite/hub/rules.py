@@ -76,7 +76,7 @@ def download_rule(repo_id: str, *, revision: str | None = None, token: str | Non
 
     if not looks_like_repo_id(repo_id):
         raise RuleNotFoundError(
-            f"rule {repo_id!r} is not a local file, a folder with {RULE_FILENAME}, or a Hub repo id 'owner/name'."
+            f"rule {repo_id[:100]!r} is not a local file, a folder with {RULE_FILENAME}, or a Hub repo id 'owner/name'."
         )
     with rule_hub_errors(repo_id, revision):
         return Path(hf_hub_download(repo_id, RULE_FILENAME, revision=revision, token=token))

@@ -35,7 +35,6 @@ import hashlib
 import io
 import math
 import pickle
-import reprlib
 import struct
 import warnings
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, UnsafeCheckpointError, short_repr
 
 # torch's legacy storage classes → (dtype, bytes per element).
 _STORAGE_DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -79,20 +78,6 @@ _MAX_STORAGE_BYTES = 1 << 34  # 16 GiB: far above any generator, far below a hos
 MAX_DEPTH = 64  # containers inside containers: NVIDIA's pickles nest about 12 deep
 MAX_NODES = 250_000  # containers and items as a tree (shared parts once per use); NVIDIA's 1024px ffhq.pkl ~40k
 _MAX_REUSE = 1_000_000  # total expanded size of re-used tuples / frozensets (what hashing them would cost)
-
-_short = reprlib.Repr()
-_short.maxlevel, _short.maxstring, _short.maxother, _short.maxlong = 3, 60, 60, 40
-_short.maxdict = _short.maxlist = _short.maxtuple = _short.maxset = _short.maxfrozenset = 6
-
-
-def short_repr(value: Any) -> str:
-    """A bounded ``repr`` of attacker-controlled data for error messages (never more than ~300 characters)."""
-    try:
-        text = _short.repr(value)
-    except Exception:  # a repr that fails: say what it is
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 300 else text[:300] + "…"
-
 
 def check_tree(obj: Any, what: str = "the checkpoint") -> None:
     """Refuse objects nested deeper than :data:`MAX_DEPTH` or larger than :data:`MAX_NODES` as a tree.

@@ -29,6 +29,12 @@ from ..hashing import cached_digest, tensor_sha256
 from ..hub.mixin import HubMixin
 from ..rules import RuleMixin
 
+# Ceilings on config counts, checked before anything is built (a 60-byte config must not hang the loader).
+MAX_RESOLUTION = 8192
+MAX_Z_DIM = 16384
+MAX_CHANNELS = 16384
+MAX_CONFIG_DEPTH = 32  # nesting of `extra` (free-form notes)
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The device to run on: the one asked for, else ``$GAN_REWRITE_DEVICE``, else CUDA when available, else CPU."""
@@ -81,6 +87,7 @@ class GeneratorConfig:
         """
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}.")
+        _check_depth(data)
         data = dict(data)
         for meta in ("_class_name", "architecture", "library_version"):
             data.pop(meta, None)
@@ -111,10 +118,12 @@ class GeneratorConfig:
 
     def validate(self) -> None:
         """Check value ranges; subclasses extend it. Raises ConfigError."""
-        if self.resolution < 4 or self.resolution & (self.resolution - 1):
-            raise ConfigError(f"config field `resolution` must be a power of two >= 4, got {self.resolution}.")
-        if self.z_dim < 1:
-            raise ConfigError(f"config field `z_dim` must be positive, got {self.z_dim}.")
+        if self.resolution < 4 or self.resolution > MAX_RESOLUTION or self.resolution & (self.resolution - 1):
+            raise ConfigError(
+                f"config field `resolution` must be a power of two in [4, {MAX_RESOLUTION}], got {self.resolution}."
+            )
+        if not 1 <= self.z_dim <= MAX_Z_DIM:
+            raise ConfigError(f"config field `z_dim` must be in [1, {MAX_Z_DIM}], got {self.z_dim}.")
         if not 0.0 <= self.default_truncation <= 1.0:
             raise ConfigError(
                 f"config field `default_truncation` must be in [0, 1], got {self.default_truncation}."
@@ -130,6 +139,19 @@ class GeneratorConfig:
                     f"config field `extra.applied_rules` holds {record!r}; each entry needs `name`, `source`, "
                     "`sha256` (strings) and `scale` (a number)."
                 )
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse JSON nested deeper than ``MAX_CONFIG_DEPTH`` (copying or printing it would recurse ~1000 deep)."""
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_CONFIG_DEPTH:
+                raise ConfigError(
+                    f"config is nested more than {MAX_CONFIG_DEPTH} levels deep; a config is a flat record."
+                )
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 # The keys of `GeneratorConfig.extra` that the library reads back (model cards, `gan-rewrite apply`), and their types.

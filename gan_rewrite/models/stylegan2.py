@@ -36,8 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
-from .base import GANGenerator, GeneratorConfig, LayerState
+from ..errors import CheckpointError, ConfigError, short_repr
+from .base import MAX_CHANNELS, GANGenerator, GeneratorConfig, LayerState
+
+MAX_N_MLP = 64  # mapping layers (8 in every published StyleGAN2)
+MAX_CHANNEL_MULTIPLIER = 64
 
 # rosinality's channel table: 512 up to 32×32, then halving, times `channel_multiplier` from 64×64 on.
 _BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -123,20 +126,22 @@ class StyleGAN2Config(GeneratorConfig):
         if self.channels is not None:
             needed = {str(2**i) for i in range(2, self.log_size + 1)}
             if set(self.channels) != needed or any(
-                not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in self.channels.values()
+                not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= MAX_CHANNELS
+                for c in self.channels.values()
             ):
                 raise ConfigError(
                     f"config field `channels` must map every resolution {sorted(needed, key=int)} (as strings) "
-                    f"to a positive channel count, got {self.channels}."
+                    f"to a channel count in [1, {MAX_CHANNELS}], got {short_repr(self.channels)}."
                 )
-        for name in ("n_mlp", "channel_multiplier"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field `{name}` must be positive, got {getattr(self, name)}.")
+        for name, ceiling in (("n_mlp", MAX_N_MLP), ("channel_multiplier", MAX_CHANNEL_MULTIPLIER)):
+            if not 1 <= getattr(self, name) <= ceiling:
+                raise ConfigError(f"config field `{name}` must be in [1, {ceiling}], got {getattr(self, name)}.")
         if not self.lr_mlp > 0:
             raise ConfigError(f"config field `lr_mlp` must be positive, got {self.lr_mlp}.")
-        if len(self.blur_kernel) < 2 or sum(self.blur_kernel) <= 0:
+        if not 2 <= len(self.blur_kernel) <= 16 or sum(self.blur_kernel) <= 0:
             raise ConfigError(
-                f"config field `blur_kernel` must list >= 2 taps with a positive sum, got {self.blur_kernel}."
+                "config field `blur_kernel` must list 2 to 16 taps with a positive sum, got "
+                f"{short_repr(self.blur_kernel)}."
             )
         if self.default_layer not in self.layer_names():
             raise ConfigError(

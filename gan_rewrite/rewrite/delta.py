@@ -376,9 +376,12 @@ def default_resolver() -> Resolver | None:
 
 def _local_rule_path(source: str | os.PathLike) -> Path | None:
     path = Path(source)
-    if path.is_dir():
-        path = path / RULE_FILENAME
-    return path if path.is_file() else None
+    try:
+        if path.is_dir():
+            path = path / RULE_FILENAME
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a name the OS refuses (too long, NUL byte) is not a local rule
+        return None
 
 
 def _library_version() -> str:
