@@ -60,12 +60,13 @@ def half_written_safetensors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def failing_rename(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The final ``os.replace`` of every atomic write fails (e.g. the target is on a read-only mount)."""
+    """The final ``os.replace`` (or folder swap) of every atomic write fails (e.g. on a read-only mount)."""
 
     def refuse(src, dst):
         raise Crash(f"cannot rename {src} over {dst}")
 
     monkeypatch.setattr(atomic.os, "replace", refuse)
+    monkeypatch.setattr(atomic, "_swap_in", refuse)  # the swap of a whole model folder
     yield
 
 
@@ -309,7 +310,8 @@ ALLOWED = {  # (file, call): why it is fine
     ("atomic.py", "write_bytes"): "the temporary file of write_bytes_atomic",
     ("hub/mixin.py", "save_file"): "inside atomic_path",
     ("hub/mixin.py", "write_text"): "inside atomic_path (config.json, README.md)",
-    ("hub/convert.py", "rename"): "the staging folder renamed into the cache",
+    ("atomic.py", "rename"): "the staging folder swapped in for the model folder (write_folder_atomic)",
+    ("atomic.py", "shutil.copy2"): "copying a model folder's other files into its staging folder",
     ("hub/convert.py", "open"): "reading",
     ("hub/safe_pickle.py", "open"): "reading",
     ("hub/nvidia.py", "open"): "reading",

@@ -8,11 +8,11 @@ hyper-parameters from the shapes; ``load_weights`` then checks every key and sha
 
 from __future__ import annotations
 
+import glob
 import logging
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from .. import __version__
-from ..atomic import usual_mode
 from ..errors import CheckpointError, ModelNotFoundError, UnsafeCheckpointError
 from ..hashing import file_sha256
 from .known import KnownModel, cache_home, package_file
@@ -245,12 +245,26 @@ def convert_to_folder(source: str | Path, out_dir: str | Path, *, format: str, *
 def ensure_known_model(model: KnownModel, *, token: str | None = None) -> Path:
     """The cached model folder of a known model, converting it from its source on first use.
 
-    The folder is built in a temporary directory and renamed into place, so a crash never leaves a
-    half-converted model in the cache.
+    The folder is built in a staging folder and swapped into place, so a crash never leaves a half-converted
+    model in the cache; concurrent first uses wait on a file lock, and staging left by killed ones is removed.
     """
     folder = cache_home() / "models" / model.name
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One process converts; the others wait for it, then find the folder (racing conversions used to crash).
+    locks = cache_home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{model.name}.lock")):
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return folder
+        for leftover in folder.parent.glob(f".{glob.escape(model.name)}.*"):  # staging of killed conversions
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        return _convert_known(model, folder, token=token)
+
+
+def _convert_known(model: KnownModel, folder: Path, *, token: str | None) -> Path:
     source = _known_source_file(model, token=token)
     logger.info("converting %s from %s (first use)", model.name, source)
     provenance = {
@@ -269,16 +283,7 @@ def ensure_known_model(model: KnownModel, *, token: str | None = None) -> Path:
     )
     if model.raw.get("license_name"):
         generator.config.extra["license_name"] = model.raw["license_name"]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model.name}.", dir=folder.parent))
-    try:
-        generator.save_pretrained(staging)
-        staging.chmod(usual_mode(folder=True))  # mkdtemp makes a 0700 folder
-        if folder.exists():  # a concurrent first use finished first, or a broken leftover
-            shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    generator.save_pretrained(folder)  # staged beside the cache folder, swapped in atomically
     return folder
 
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..errors import CheckpointError, ConfigError, HubError, ModelNotFoundError
+from ..errors import CheckpointError, ConfigError, HubError, ModelNotFoundError, short_repr
 from .known import known_model, known_models
 from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
@@ -111,9 +111,6 @@ def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
     """
     import warnings
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from ..errors import GanRewriteError
     from ..models import generator_class
 
@@ -125,22 +122,18 @@ def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
                 f"{str(folder)!r} is not a model folder: {needed.name} is missing "
                 f"(a model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME})."
             )
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, or a 5000-digit int
-        raise ConfigError(f"{config_path} is not valid JSON: {exc}.") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config_path}: {exc}.") from exc
-    if not isinstance(raw, dict) or "architecture" not in raw:
-        raise ConfigError(f"{config_path} has no `architecture` field; is it a gan-rewrite model folder?")
-    if not isinstance(raw["architecture"], str):
-        raise ConfigError(f"{config_path}: field `architecture` must be a string, got {raw['architecture']!r}.")
+    for attempt in range(3):
+        raw, state_dict, weights_id = _read_folder_files(config_path, weights_path)
+        config_id = raw.get("save_id")
+        if config_id is None or weights_id is None or config_id == weights_id:
+            break
+        if attempt == 2:
+            raise CheckpointError(
+                f"{str(folder)!r}: config.json and model.safetensors come from different saves (save ids "
+                f"{short_repr(config_id, 40)} and {short_repr(weights_id, 40)}); save the model again."
+            )
     cls = generator_class(raw["architecture"])
     config = cls.config_class.from_dict(raw)
-    try:
-        state_dict = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}.") from exc
     try:
         with torch.device("meta"):  # shapes only: no memory, however large the config says the model is
             skeleton = cls(config)
@@ -166,6 +159,31 @@ def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
     generator = cls(config)
     generator.load_weights(state_dict)
     return generator.to(device or torch.device("cpu")).eval()
+
+
+def _read_folder_files(config_path: Path, weights_path: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """config.json (checked to be an object with a string ``architecture``), the tensors, and the weights' save id."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, or a 5000-digit int
+        raise ConfigError(f"{config_path} is not valid JSON: {str(exc)[:200]}.") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc}.") from exc
+    if not isinstance(raw, dict) or "architecture" not in raw:
+        raise ConfigError(f"{config_path} has no `architecture` field; is it a gan-rewrite model folder?")
+    if not isinstance(raw["architecture"], str):
+        raise ConfigError(
+            f"{config_path}: field `architecture` must be a string, got {short_repr(raw['architecture'])}."
+        )
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}.") from exc
+    return raw, state_dict, metadata.get("save_id")
 
 
 def download_model(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:

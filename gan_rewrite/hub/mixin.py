@@ -1,19 +1,20 @@
 """``save_pretrained`` / ``push_to_hub`` / ``from_pretrained`` for every generator, in the huggingface_hub manner.
 
 A model folder is ``config.json`` + ``model.safetensors`` (the architecture's published key layout) +
-``README.md`` (a model card). Every file is written to a temporary name and renamed, so an interrupted
-save never leaves a half-written model behind.
+``README.md`` (a model card). The three are written into a sibling staging folder that then replaces the
+folder in one atomic swap (:func:`~gan_rewrite.atomic.write_folder_atomic`), so an interrupted save never
+leaves a half-written model, nor a new config beside old weights; leftovers of killed saves are removed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import atomic_path
+from ..atomic import write_folder_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -52,23 +53,25 @@ class HubMixin:
         """
         from safetensors.torch import save_file
 
+        from ..hub.convert import check_finite_state
         from .cards import model_card
 
         folder = Path(save_directory)
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"`save_directory` {str(folder)!r} exists and is not a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.config.to_dict()  # type: ignore[attr-defined]
+        check_finite_state(self, "the model to save")  # never write a folder that would not load again
+        # The same random id in config.json and the weights' metadata: a reader that opens the two files while a
+        # save swaps the folder can tell it got one file of each save, and reads them again.
+        save_id = uuid.uuid4().hex
+        config = {**self.config.to_dict(), "save_id": save_id}  # type: ignore[attr-defined]
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors_to_save().items()}
-        # Every file is written in full to a temporary name first; only then are the three renamed into place,
-        # so a failed write leaves the folder as it was, never new weights beside an old config.
-        with contextlib.ExitStack() as stack:
-            weights, config_file, card = (
-                stack.enter_context(atomic_path(folder / name)) for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-            )
-            save_file(tensors, str(weights), metadata={"format": "pt"})
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-            card.write_text(str(model_card(config, repo_id=repo_id)), encoding="utf-8")
+
+        def write(staging: Path) -> None:
+            save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "save_id": save_id})
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            (staging / CARD_NAME).write_text(str(model_card(config, repo_id=repo_id)), encoding="utf-8")
+
+        write_folder_atomic(folder, write, owned=(WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
         if push_to_hub:
             self.push_to_hub(repo_id or folder.name, **push_kwargs)
         return folder

@@ -89,7 +89,7 @@ class GeneratorConfig:
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}.")
         _check_depth(data)
         data = dict(data)
-        for meta in ("_class_name", "architecture", "library_version"):
+        for meta in ("_class_name", "architecture", "library_version", "save_id"):
             data.pop(meta, None)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
