@@ -461,7 +461,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location("gan_rewrite_space_app", app_path)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    argv = ["--model", args.model, *(["--port", str(args.port)] if args.port else [])]
+    # Run on the user's machine: model folders there may be loaded (a hosted Space refuses local paths).
+    argv = ["--model", args.model, "--allow-local-models", *(["--port", str(args.port)] if args.port else [])]
     argv += ["--share"] if args.share else []
     app.main(argv)
     return 0

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from .errors import ModelNotFoundError
 from .imaging import image_grid, save_image
 from .rules import rules_applied  # noqa: F401  (re-exported for the app)
 
@@ -39,47 +41,131 @@ PREVIEW_ZOOM = 2
 """Preview pictures are upscaled this many times (nearest neighbour, so pixels stay exact)."""
 
 
+REFUSED_MODEL = (
+    "unknown model: choose one of the listed models, or give a Hub repo id 'owner/name' of a gan-rewrite model."
+)
+"""The one message for every model name the Space refuses (no path, no hint of what exists on the server)."""
+
+
 class SharedModels:
     """Generators by name, loaded on first use and shared; each comes with the lock that guards it.
 
     Everything that runs a generator (sampling, statistics, solving) must hold its lock: a session's rules
     are loaded onto the shared generator only for the duration of one locked request.
 
+    Only known model names and Hub repo ids are loaded (a local folder only with ``allow_local``, which
+    ``gan-rewrite demo`` sets); every other name is refused with :data:`REFUSED_MODEL`, the same message
+    whatever it is, so typed names reveal nothing about the server's files. Loaded models are kept in
+    least-recently-used order and evicted when together they hold more than ``max_bytes``.
+
     Args:
         device: passed to :func:`gan_rewrite.load_generator`.
         stats_n: number of samples of the key statistics.
+        allow_local: also load model folders on this machine (each folder once, however it is spelled).
+        max_bytes: bound on the parameters and buffers of the loaded models together (the one in use stays).
     """
 
-    def __init__(self, device: str | None = None, stats_n: int = 1000) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        stats_n: int = 1000,
+        *,
+        allow_local: bool = False,
+        max_bytes: int = 2 << 30,
+    ) -> None:
         self.device = device
         self.stats_n = stats_n
-        self._models: dict[str, tuple[GANGenerator, threading.Lock]] = {}
+        self.allow_local = allow_local
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[str, tuple[GANGenerator, threading.Lock]] = OrderedDict()
         self._stats: dict[tuple[str, str], KeyStats] = {}
         self._guard = threading.Lock()
 
-    def get(self, name: str) -> tuple[GANGenerator, threading.Lock]:
-        """The generator called ``name`` (known name, folder or Hub repo id) and its lock."""
-        with self._guard:
-            if name not in self._models:
-                from .hub.loading import load_generator
+    def key(self, name: str) -> tuple[str, str]:
+        """``(kind, key)`` for a name the Space may load: ``known``, ``hub`` or ``local`` (a resolved path).
 
-                self._models[name] = (load_generator(name, device=self.device), threading.Lock())
-            return self._models[name]
+        Raises:
+            ModelNotFoundError: with :data:`REFUSED_MODEL`, for anything else.
+        """
+        from .hub.known import known_models
+        from .hub.loading import _REPO_ID
+
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ModelNotFoundError(REFUSED_MODEL)
+        if name in self._models:
+            return "added", name
+        if name in known_models():
+            return "known", name
+        if self.allow_local:
+            try:
+                path = Path(name).expanduser()
+                if path.is_dir():
+                    return "local", str(path.resolve())
+            except (OSError, ValueError):
+                pass
+        if _REPO_ID.match(name):
+            return "hub", name
+        raise ModelNotFoundError(REFUSED_MODEL)
+
+    def get(self, name: str) -> tuple[GANGenerator, threading.Lock]:
+        """The generator called ``name`` (known name, Hub repo id, or an allowed folder) and its lock."""
+        kind, key = self.key(name)
+        with self._guard:
+            if key not in self._models:
+                self._models[key] = (self._load(kind, key), threading.Lock())
+                self._evict(keep=key)
+            self._models.move_to_end(key)
+            return self._models[key]
 
     def add(self, name: str, G: GANGenerator) -> None:
         """Offer an already loaded generator under ``name`` (e.g. one a test or a notebook holds)."""
         with self._guard:
             self._models[name] = (G, threading.Lock())
+            self._evict(keep=name)
+
+    def loaded(self) -> list[str]:
+        """The keys of the models held, least recently used first."""
+        with self._guard:
+            return list(self._models)
+
+    def _load(self, kind: str, key: str) -> GANGenerator:
+        from .hub.convert import ensure_known_model
+        from .hub.known import known_model
+        from .hub.loading import HubSource, download_model, load_folder
+        from .models import pick_device
+
+        device = pick_device(self.device)
+        if kind == "known":  # never through a path: a folder named like a known model is not it
+            return load_folder(ensure_known_model(known_model(key)), device=device)
+        if kind == "local":
+            return load_folder(Path(key), device=device)
+        folder = download_model(key)  # a Hub repo id, even if a folder of that name exists here
+        generator = load_folder(folder, device=device)
+        generator.hub_source = HubSource(key, None, folder.name)
+        return generator
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used models (and their statistics) until the rest fit in ``max_bytes``."""
+        while len(self._models) > 1 and sum(_model_bytes(G) for G, _ in self._models.values()) > self.max_bytes:
+            oldest = next(k for k in self._models if k != keep)
+            del self._models[oldest]
+            for stats_key in [k for k in self._stats if k[0] == oldest]:
+                del self._stats[stats_key]
 
     def stats(self, name: str, layer: str) -> KeyStats:
         """Key statistics of ``name`` at ``layer`` (computed once, then reused). Call with the model's lock held."""
-        key = (name, layer)
+        _, model_key = self.key(name)
+        key = (model_key, layer)
         if key not in self._stats:
             from .rewrite.stats import compute_stats
 
             G, _ = self.get(name)
             self._stats[key] = compute_stats(G, layer, self.stats_n, progress=False)
         return self._stats[key]
+
+
+def _model_bytes(G: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in (*G.parameters(), *G.buffers()))
 
 
 def editor_mask(value: dict[str, Any] | None, resolution: int) -> np.ndarray:

@@ -186,7 +186,7 @@ def build_demo(
         try:
             return models.get(name)
         except GanRewriteError as err:
-            raise gr.Error(f"Cannot load model {name!r}: {err}") from None
+            raise gr.Error(f"Cannot load model {name[:80]!r}: {err}") from None
 
     def render(name: str, session: dict[str, Any]) -> tuple[Any, Any]:
         """Before and after rows on the held-out seeds, with this session's rules only."""
@@ -538,8 +538,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860)")
     parser.add_argument("--host", default=None, help="address to listen on (default: gradio's)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--allow-local-models", action="store_true", help="also load model folders on this machine")
     args = parser.parse_args(argv)
-    build_demo(args.model).launch(server_name=args.host, server_port=args.port, share=args.share)
+    models = SharedModels(allow_local=args.allow_local_models)
+    build_demo(args.model, models=models).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":
