@@ -278,6 +278,8 @@ class RuleMixin:
     def _names(self, names: list[str] | None) -> list[str]:
         if names is None:
             return sorted(self._rules().rules)
+        if isinstance(names, str) or not isinstance(names, list | tuple | set | frozenset):
+            raise RuleError(f"`names` must be a list of rule names, got {type(names).__name__}; e.g. [{names!r:.40}].")
         for name in names:
             self._rule(name)
         return list(names)

@@ -124,3 +124,11 @@ def test_unload_then_load_reuses_nothing_stale_after_outside_writes(tiny: DCGANG
     tiny.unload_rules()
     assert torch.equal(tiny.layer_module(LAYER).weight, doubled)
     assert tiny.original_layer_weight(LAYER).equal(doubled)
+
+
+def test_name_lists_must_be_lists(tiny: DCGANGenerator) -> None:
+    tiny.load_rule(rule_on(tiny, 6), name="smile")
+    for verb in (tiny.unload_rules, tiny.fuse_rules, tiny.unfuse_rules):
+        with pytest.raises(RuleError, match="list of rule names"):
+            verb("smile")  # a string is not a list of names (it used to be read letter by letter)
+    assert [r.name for r in tiny.active_rules] == ["smile"]
