@@ -146,7 +146,8 @@ def load_folder(folder: Path, *, device: torch.device | None = None) -> Any:
         skeleton.load_weights(state_dict)  # CheckpointError naming missing / unexpected / mis-shaped keys
     if config.default_layer not in skeleton.layer_names:
         raise ConfigError(
-            f"{config_path}: field `default_layer` must be one of {skeleton.layer_names}, got {config.default_layer!r}."
+            f"{config_path}: field `default_layer` must be one of {skeleton.layer_names}, got "
+            f"{short_repr(config.default_layer)}."
         )
     # Everything the model holds, buffers that are not saved included, must be of the weights' order of size.
     weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())

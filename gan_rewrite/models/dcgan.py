@@ -36,8 +36,8 @@ class DCGANConfig(GeneratorConfig):
         super().validate()
         if self.nc != 3:
             raise ConfigError(f"config field `nc` must be 3 (RGB images), got {self.nc}.")
-        if self.ngf < 1:
-            raise ConfigError(f"config field `ngf` must be positive, got {self.ngf}.")
+        if not 1 <= self.ngf <= 4096:
+            raise ConfigError(f"config field `ngf` must be in [1, 4096], got {self.ngf}.")
 
     @property
     def num_layers(self) -> int:

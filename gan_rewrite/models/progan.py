@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
-from .base import GANGenerator, GeneratorConfig, LayerState
+from ..errors import CheckpointError, ConfigError, short_repr
+from .base import MAX_CHANNELS, GANGenerator, GeneratorConfig, LayerState
 
 # Channels per layer of the GAN-dissection 256×256 LSUN models (Karras' fmap_base 8192, fmap_max 512):
 # two layers per resolution 4, 8, 16, 32, 64, 128, 256.
@@ -87,14 +87,16 @@ class ProGANConfig(GeneratorConfig):
         if len(self.channels) != self.num_layers:
             raise ConfigError(
                 f"config field `channels` must list {self.num_layers} layers for a {self.resolution}px ProGAN "
-                f"(two per resolution from 4×4), got {len(self.channels)}: {self.channels}."
+                f"(two per resolution from 4×4), got {len(self.channels)}: {short_repr(self.channels)}."
             )
-        if any(not isinstance(c, int) or c < 1 for c in self.channels):
-            raise ConfigError(f"config field `channels` must hold positive integers, got {self.channels}.")
+        if any(not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS for c in self.channels):
+            raise ConfigError(
+                f"config field `channels` must hold integers in [1, {MAX_CHANNELS}], got {short_repr(self.channels)}."
+            )
         if self.default_layer not in self.layer_names():
             raise ConfigError(
                 f"config field `default_layer` must be one of layer1..layer{self.num_layers}, "
-                f"got {self.default_layer!r}."
+                f"got {short_repr(self.default_layer)}."
             )
 
 

@@ -146,7 +146,7 @@ class StyleGAN2Config(GeneratorConfig):
         if self.default_layer not in self.layer_names():
             raise ConfigError(
                 f"config field `default_layer` must be one of layer1..layer{self.num_layers}, "
-                f"got {self.default_layer!r}."
+                f"got {short_repr(self.default_layer)}."
             )
 
 
