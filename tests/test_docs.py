@@ -48,3 +48,18 @@ def test_nothing_points_at_the_teams_private_notes() -> None:
         if TEAM_NOTES.search(line)
     ]
     assert not found, "these refer to notes a user does not have; point at docs/ instead:\n" + "\n".join(found)
+
+
+def test_every_solver_option_is_explained_in_the_method_page() -> None:
+    """A new method or solver option must be described in docs/method.md (and its defaults with it)."""
+    import inspect
+
+    from gan_rewrite.rewrite.solve import CODE_OPTIONS, SOLVERS
+
+    text = (ROOT / "docs" / "method.md").read_text(encoding="utf-8")
+    missing = [f'"{method}"' for method in SOLVERS if f'`"{method}"`' not in text]
+    for method, solver in SOLVERS.items():
+        for name, param in inspect.signature(solver).parameters.items():
+            if param.kind is inspect.Parameter.KEYWORD_ONLY and f"`{name}`" not in text:
+                missing.append(f"{method}: {name}" + (" (code)" if name in CODE_OPTIONS else ""))
+    assert not missing, f"docs/method.md does not explain: {missing}"
