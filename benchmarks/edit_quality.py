@@ -1,4 +1,4 @@
-"""Which rewrite settings give the cleanest edits on the embedded DCGAN faces (METHOD.md, practical notes).
+"""Which rewrite settings give the cleanest edits on the embedded DCGAN faces (docs/method.md, section 7).
 
 Solves the two example requests of ``examples/make_examples.py`` (glasses on everyone; open mouths) under
 several settings — layer (layer3: 8×8 keys, layer4: 16×16 keys), rank, number of context images, the copied

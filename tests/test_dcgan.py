@@ -40,6 +40,29 @@ def test_embedded_weights_load_and_make_faces(dcgan_faces: DCGANGenerator) -> No
     assert smoothness < 0.5 * images.std()
 
 
+def test_embedded_model_equals_the_wheels_own_generator(dcgan_faces: DCGANGenerator) -> None:
+    """``dcgan-faces-64`` draws exactly what the gan-face-generate wheel's own ``Generator`` draws from its
+    ``weights.tar`` on the same latents (its ``models`` module needs only torch)."""
+    import importlib.resources
+
+    wheel_models = pytest.importorskip("gan_face_generate.models")
+    checkpoint = torch.load(
+        importlib.resources.files("gan_face_generate") / "weights.tar", map_location="cpu", weights_only=True
+    )
+    reference = wheel_models.Generator(ngpu=0, nc=3, nz=100, ngf=64)
+    reference.load_state_dict(checkpoint["netG_state_dict"])
+    reference.eval()
+    seeds = [0, 1, 2, 3, 11, 12, 13, 1000]
+    z = dcgan_faces.make_latents(seeds)  # (N, 100)
+    with torch.no_grad():
+        expected = reference(z[:, :, None, None])  # the wheel takes z as (N, nz, 1, 1)
+        assert torch.equal(dcgan_faces(z), expected)
+        assert torch.equal(dcgan_faces(z, 1.0), expected)
+        in_threes = torch.cat([reference(z[i : i + 3, :, None, None]) for i in range(0, len(seeds), 3)])
+    assert torch.equal(dcgan_faces.sample(seeds, batch_size=3), in_threes)  # same batches, same bits
+    assert expected.std() > 0.1  # real pictures, not a constant
+
+
 def test_split_execution_matches_forward_and_stops_early(tiny_dcgan: DCGANGenerator) -> None:
     z = tiny_dcgan.make_latents([3, 4])
     full = tiny_dcgan(z)

@@ -77,7 +77,7 @@ def test_save_load_is_bit_exact_with_metadata(tmp_path) -> None:
         assert torch.equal(loaded.delta_weight(name), rule.delta_weight(name))
     for attr in ("scale", "base_model", "base_revision", "method", "spec", "created", "library_version"):
         assert getattr(loaded, attr) == getattr(rule, attr), attr
-    # A folder works too, and the header is what DESIGN.md documents.
+    # A folder works too, and the header is what docs/method.md (section 9) documents.
     assert RuleDelta.load(tmp_path).spec == rule.spec
     meta = rule.metadata()
     assert meta["format"] == RULE_FORMAT

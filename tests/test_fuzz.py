@@ -347,10 +347,20 @@ def test_rule_loader_on_mutated_files(blob: bytes) -> None:
 
 
 def test_valid_rule_loads_and_applies() -> None:
+    """The file the rule fuzzers start from loads, moves the weight by exactly its ΔW, and unloads."""
     rule = RuleDelta.load(write("valid.safetensors", valid_rule_bytes()))
     G = tiny()
+    before, image = G.layer_module(LAYER).weight.detach().clone(), G.sample([0])
+    assert rule.spec == valid_spec() and rule.layers[LAYER].base_layer_sha256 == tensor_sha256(before)
     G.load_rule(rule, name="valid")
-    G.unload_rules()
+    try:
+        delta = G.layer_module(LAYER).weight.detach() - before
+        assert delta.abs().max() > 0.1
+        torch.testing.assert_close(delta, rule.delta_weight(LAYER), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(G.sample([0]), image)
+    finally:
+        G.unload_rules()
+    assert torch.equal(G.layer_module(LAYER).weight, before)
 
 
 # ----- (c) statistics files ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ a clear :class:`CheckpointError` (``UnsafeCheckpointError`` when it names a glob
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -232,8 +233,73 @@ def test_broken_files_are_refused_clearly(tmp_path: Path, case: str) -> None:
         convert_checkpoint(path, format="nvidia-pkl")
 
 
-def test_hostile_case_count() -> None:
-    """Keep the tally the issue asks for visible: every case above is one hostile or broken input."""
-    total = len(HOSTILE_GLOBALS) + len(HIDDEN) + len(BROKEN)
-    print(f"{total} hostile or broken inputs tried")
-    assert total >= 35
+def _legacy_storage_pickles(values: torch.Tensor) -> list[bytes]:
+    """The separate pickles (and the raw data) of torch's legacy storage blob for ``values``, as a real
+    tensor storage pickles itself: magic, protocol, sys_info, storage, keys, then count + bytes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "TypedStorage is deprecated"
+        _, (blob,) = values.storage().__reduce__()
+
+    class Splitter(pickle.Unpickler):  # our own bytes, written just above: safe to read with pickle
+        def persistent_load(self, pid):
+            return pid
+
+    stream, parts, start = io.BytesIO(blob), [], 0
+    for _ in range(5):
+        Splitter(stream).load()
+        parts.append(blob[start : stream.tell()])
+        start = stream.tell()
+    return [*parts, blob[start:]]
+
+
+class _Storage:
+    """Pickles as ``torch.storage._load_from_bytes(blob)``, like a real tensor storage."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self):
+        return torch.storage._load_from_bytes, (self.blob,)
+
+
+class _TensorOn:
+    """Pickles as a 1-d float tensor view of ``storage`` (``_rebuild_tensor_v2``), like a real parameter."""
+
+    def __init__(self, storage: _Storage, size: int) -> None:
+        self.storage, self.size = storage, size
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (self.storage, 0, (self.size,), (1,), False, {})
+
+
+# Globals the OUTER unpickler allows (or that build tensors), placed inside a storage's own pickles, where
+# only storage classes belong: (which of the five pickles is replaced, module, name).
+INSIDE_A_STORAGE = [
+    (2, "collections", "OrderedDict"),  # sys_info
+    (3, "torch.storage", "_load_from_bytes"),  # a storage inside a storage
+    (3, "torch", "Tensor"),
+    (4, "torch._utils", "_rebuild_tensor_v2"),  # the list of keys
+    (0, "torch_utils.persistence", "_reconstruct_persistent_obj"),  # the magic number
+]
+
+
+@pytest.mark.parametrize(
+    ("part", "module", "name"), INSIDE_A_STORAGE, ids=[f"{p}-{m}.{n}" for p, m, n in INSIDE_A_STORAGE]
+)
+def test_a_parameter_storage_allows_only_storage_classes(tmp_path: Path, part: int, module: str, name: str) -> None:
+    """A second angle on the storage unpickler: a real parameter of a real snapshot whose storage pickles
+    name a global that is harmless *outside* a storage. The storage's own allow-list refuses it."""
+    bias = torch.linspace(-1, 1, CHANNELS[4])
+    pieces = _legacy_storage_pickles(bias)
+
+    def snapshot_with(blob: bytes) -> Path:
+        g = nvidia_generator(random_params(), "")
+        g.synthesis.b4.conv1._parameters["bias"] = _TensorOn(_Storage(blob), bias.numel())
+        return write_snapshot(tmp_path / "network.pkl", g)
+
+    # Control: the blob, re-assembled untouched, converts, and the parameter has its values.
+    G = convert_checkpoint(snapshot_with(b"".join(pieces)), format="nvidia-pkl")
+    assert torch.equal(G.state_dict()["conv1.activate.bias"], bias)
+    pieces[part] = _raw_call(module, name, "x")
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(f"`{module}.{name}` inside a pickled storage")):
+        convert_checkpoint(snapshot_with(b"".join(pieces)), format="nvidia-pkl")

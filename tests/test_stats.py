@@ -10,7 +10,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gan_rewrite.errors import LayerError, StatsError
-from gan_rewrite.models import DCGANConfig, DCGANGenerator
+from gan_rewrite.models import (
+    DCGANConfig,
+    DCGANGenerator,
+    GANGenerator,
+    ProGANConfig,
+    ProGANGenerator,
+    StyleGAN2Config,
+    StyleGAN2Generator,
+)
 from gan_rewrite.rewrite.stats import KeyStats, _share, compute_stats, model_sha256
 
 
@@ -49,6 +57,73 @@ def test_matches_naive_outer_product_sum(tiny: DCGANGenerator, layer: str) -> No
     # Batch size does not matter.
     other = compute_stats(tiny, layer, n=13, batch_size=13, use_cache=False, progress=False)
     torch.testing.assert_close(other.second_moment, stats.second_moment, rtol=1e-12, atol=1e-14)
+
+
+def every_kind() -> dict[str, GANGenerator]:
+    """One tiny random generator per layer kind; StyleGAN2 has layers with and without upsampling."""
+    torch.manual_seed(1)
+    return {
+        "dcgan": make_tiny(),
+        "progan": ProGANGenerator(
+            ProGANConfig(resolution=16, z_dim=8, channels=[12, 12, 10, 10, 8, 8], default_layer="layer4")
+        ).eval(),
+        "stylegan2": StyleGAN2Generator(
+            StyleGAN2Config(resolution=16, z_dim=12, n_mlp=2, channels={"4": 12, "8": 10, "16": 8})
+        ).eval(),
+    }
+
+
+KINDS = every_kind()
+KIND_LAYERS = [(arch, layer) for arch, G in KINDS.items() for layer in G.layer_names]
+
+
+def hooked_keys(G: GANGenerator, layer: str, seed: int) -> torch.Tensor:
+    """The keys of one sample read off a FULL forward pass: a hook on the edited module forms them from what
+    the module itself receives (its input; for a modulated conv, that input times the style ``A(w)``)."""
+    module = G.layer_module(layer)
+    seen: list[torch.Tensor] = []
+
+    def hook(mod: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+        if hasattr(mod, "modulation"):  # StyleGAN2: forward(x, w); the key is x·s with s = A(w)
+            x, w = inputs
+            seen.append(x * mod.modulation(w)[:, :, None, None])
+        else:
+            seen.append(inputs[0])
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            G(G.make_latents([seed]), noise=G.make_noise([seed]))
+    finally:
+        handle.remove()
+    (keys,) = seen
+    return keys[0].double()  # (I, h, w)
+
+
+@pytest.mark.parametrize(("arch", "layer"), KIND_LAYERS, ids=[f"{a}-{lay}" for a, lay in KIND_LAYERS])
+def test_every_layer_kind_matches_a_naive_sum_over_hooked_keys(arch: str, layer: str) -> None:
+    """C and the mean equal a per-location sum of k kᵀ over keys taken from a full forward pass: for
+    StyleGAN2 the keys are x·s, not the raw features (demodulation is recomputed, the key is not)."""
+    G = KINDS[arch]
+    n = 5
+    stats = compute_stats(G, layer, n=n, batch_size=2, use_cache=False, progress=False)
+    outer = torch.zeros(stats.dim, stats.dim, dtype=torch.float64)
+    total = torch.zeros(stats.dim, dtype=torch.float64)
+    count = 0
+    for seed in range(n):
+        keys = hooked_keys(G, layer, seed)
+        assert keys.shape[0] == stats.dim
+        for y in range(keys.shape[1]):
+            for x in range(keys.shape[2]):
+                k = keys[:, y, x]
+                outer += torch.outer(k, k)
+                total += k
+                count += 1
+    assert stats.count == count
+    # The two paths run the float32 network in different batches, so keys agree to float32 rounding only.
+    scale = float((outer / count).abs().max())
+    torch.testing.assert_close(stats.second_moment, outer / count, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(stats.mean, total / count, rtol=1e-4, atol=1e-5 * scale**0.5)
 
 
 def test_save_load_and_solve(tiny: DCGANGenerator, tmp_path) -> None:
