@@ -66,7 +66,20 @@ def gpu(fn):
     return fn if decorator is None else decorator(fn)
 
 
-DEFAULT_MODEL = "dcgan-faces-64"
+MODELS_FILE = Path(__file__).with_name("space_models.json")
+"""Written by ``gan-rewrite space push``: the models a published Space offers, the first one shown first."""
+
+
+def offered_models() -> list[str]:
+    """The models this Space offers: those of ``space_models.json`` beside this file, else the embedded one."""
+    try:
+        models = [str(name) for name in json.loads(MODELS_FILE.read_text(encoding="utf-8"))["models"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        models = []
+    return models or ["dcgan-faces-64"]
+
+
+DEFAULT_MODEL = offered_models()[0]
 PREVIEW_SEEDS = list(range(1000, 1008))
 """Held-out seeds of the before/after rows (never offered for painting: the gallery pages stop below)."""
 PAGE = 16
@@ -148,9 +161,7 @@ def build_demo(
     """
     models = models or SharedModels()
     pictures = Path(tempfile.mkdtemp(prefix="gan-rewrite-space-"))  # the grids, named by their content
-    known = sorted(gr_lib.known_models())
-    if model not in known:
-        known.insert(0, model)
+    known = list(dict.fromkeys([model, *offered_models(), *sorted(gr_lib.known_models())]))
 
     def painted(what: str, value: dict | None, size: int):
         mask = editor_mask(value, size)
