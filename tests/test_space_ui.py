@@ -18,7 +18,7 @@ import pytest
 import test_space_browser
 from PIL import Image
 from space_loader import load_app
-from test_space_browser import ARGS, CHROMIUM, EYE_COLS, EYE_ROWS, GLASSES_COLS, GLASSES_ROWS, MODEL, wait_idle
+from test_space_browser import ARGS, CHROMIUM, EYE_COLS, EYE_ROWS, GLASSES_COLS, MODEL, wait_idle
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -73,11 +73,12 @@ def open_page(browser, space, size=(1366, 768), context=None):
     return page
 
 
-def paint(page, editor_id: str, rows, cols) -> None:
-    """Strokes on an editor (see test_space_browser.paint), scrolled into the viewport first."""
+def paint(page, editor_id: str, rows=(31,), cols=EYE_COLS) -> None:
+    """Strokes on an editor (see test_space_browser.paint; by default one stroke across the eyes), scrolled into
+    the viewport first."""
     page.locator(f"#{editor_id}").scroll_into_view_if_needed()
     test_space_browser.paint(page, editor_id, rows, cols)
-    page.wait_for_timeout(500)  # the editor hands its layers over after the stroke
+    page.wait_for_timeout(300)  # the editor hands its layers over after the stroke
 
 
 def toasts(page) -> list[str]:
@@ -119,7 +120,7 @@ def test_clicking_a_sample_puts_it_into_the_chosen_editor(browser, space):
 
     # The paper's way: paint the context, click the next sample, paint again; each painting is kept.
     page.locator("#gallery-target").get_by_label("context").check()
-    paint(page, "context-editor", EYE_ROWS, EYE_COLS)
+    paint(page, "context-editor")
     page.locator("#samples").get_by_text("seed 4", exact=True).click()
     page.wait_for_function("() => document.querySelector('#context-seed input').value === '4'")
     page.locator("#contexts").get_by_text("1 saved context(s), seeds 1").wait_for()
@@ -131,11 +132,10 @@ def test_clicking_a_sample_puts_it_into_the_chosen_editor(browser, space):
 def test_the_brush_is_translucent(browser, space):
     page = open_page(browser, space)
     clean = editor_picture(page, "paste").astype(int)
-    paint(page, "paste-editor", EYE_ROWS, EYE_COLS)
-    page.wait_for_timeout(300)
+    paint(page, "paste-editor", EYE_ROWS)
     painted = editor_picture(page, "paste").astype(int)
     changed = np.abs(painted - clean).sum(-1) > 30
-    assert changed.sum() > 200, "the strokes did not reach the canvas"
+    assert changed.sum() > 100, "the strokes did not reach the canvas"
     under = painted[changed]
     magenta = np.abs(under - np.array([255, 0, 255])).sum(-1)
     # opaque magenta is (255, 0, 255) everywhere under the strokes; translucent strokes keep the face visible
@@ -163,9 +163,9 @@ def test_a_refused_action_leaves_the_page_as_it_was(browser, space):
 
 def test_a_rewrite_shows_one_progress_indicator_where_the_result_appears(browser, space):
     page = open_page(browser, space)
-    paint(page, "context-editor", EYE_ROWS, EYE_COLS)
-    paint(page, "copy-editor", GLASSES_ROWS, GLASSES_COLS)
-    paint(page, "paste-editor", EYE_ROWS, EYE_COLS)
+    paint(page, "context-editor")
+    paint(page, "copy-editor", (30,), GLASSES_COLS)
+    paint(page, "paste-editor")
     # the module's first Rewrite also computes the key statistics, so it lasts long enough to watch
     page.locator("#rewrite-button").click()
     seen, where = 0, set()
@@ -205,38 +205,29 @@ def test_the_held_out_strips_name_their_seeds(browser, space):
     page.context.close()
 
 
-# ----- 6. strengths follow the rules -----------------------------------------------------------------------
-def test_loaded_rules_keep_their_strength_and_description_and_revert_resets(browser, space, tmp_path):
+# ----- 6 and 7. strengths follow the rules; a reload keeps them -------------------------------------------------
+def test_loaded_rules_keep_their_strength_and_description_a_reload_and_revert(browser, space, tmp_path):
     _, path = rule_file(space, tmp_path, 0.5)
     page = open_page(browser, space)
     page.locator("input[type=file]").last.set_input_files(str(path))
     page.locator("#rules").get_by_text("strength 0.5").wait_for()
     wait_idle(page)
     text = page.locator("#rules").inner_text()
-    assert "copy seed 35 → paste seed 1" in text, text
+    assert "glasses.safetensors: layer3: copy seed 35 → paste seed 1" in text, text  # described by its spec
     assert slider_value(page, "strength") == 0.5
+    after = page.locator("#after-grid img").get_attribute("src").rsplit("/", 1)[-1]
+
+    page.reload()  # the rule is kept in the browser and restored
+    page.locator("#rules").get_by_text("strength 0.5").wait_for()
+    wait_idle(page)
+    assert "copy seed 35 → paste seed 1" in page.locator("#rules").inner_text()
+    assert page.locator("#after-grid img").get_attribute("src").rsplit("/", 1)[-1] == after
+
     page.locator("#revert-button").click()
     page.locator("#rules").get_by_text("No rules yet").wait_for()
     wait_idle(page)
     assert slider_value(page, "strength") == 1.0, "Revert left the strength slider at the reverted rule's strength"
     page.context.close()
-
-
-# ----- 7. a reload keeps the session's rules ------------------------------------------------------------------
-def test_rules_survive_a_page_reload(browser, space, tmp_path):
-    _, path = rule_file(space, tmp_path, 0.8)
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    page = open_page(browser, space, context=context)
-    page.locator("input[type=file]").last.set_input_files(str(path))
-    page.locator("#rules").get_by_text("strength 0.8").wait_for()
-    wait_idle(page)
-    after = page.locator("#after-grid img").get_attribute("src")
-    page.reload()
-    page.locator("#rules").get_by_text("strength 0.8").wait_for()
-    wait_idle(page)
-    assert "glasses.safetensors" in page.locator("#rules").inner_text()
-    assert page.locator("#after-grid img").get_attribute("src").rsplit("/", 1)[-1] == after.rsplit("/", 1)[-1]
-    context.close()
 
 
 # ----- 8 and 12. the Hub: rules found for the model; an unreachable Hub answers within seconds --------------
@@ -278,10 +269,7 @@ def test_an_unreachable_hub_answers_within_five_seconds(browser, space, hub, mon
 
 
 # ----- 10. layout at two common screen sizes ---------------------------------------------------------------------
-@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-def test_layout(browser, space, size, tmp_path):
-    page = open_page(browser, space, size)
-    assert not page.locator("#matches").is_visible(), "an empty matches gallery takes room before any search"
+def check_layout(page, where: str) -> None:
     for editor in ("context", "copy", "paste"):
         label = page.locator(f"#{editor}-editor label").first.bounding_box()
         for tool in page.locator(f"#{editor}-editor button").all():
@@ -290,27 +278,35 @@ def test_layout(browser, space, size, tmp_path):
                 continue
             overlap = min(label["x"] + label["width"], box["x"] + box["width"]) - max(label["x"], box["x"])
             vertical = min(label["y"] + label["height"], box["y"] + box["height"]) - max(label["y"], box["y"])
-            assert overlap <= 0 or vertical <= 0, f"the {editor} editor's label is covered by its toolbar"
-    empty = page.evaluate(
-        "() => { const w = document.querySelector('#samples .grid-wrap'), g = w.querySelector('.grid-container');"
-        " return w.getBoundingClientRect().bottom - g.getBoundingClientRect().bottom; }"
-    )
-    assert empty < 40, f"the samples gallery leaves {empty:.0f} px empty"
-    truncated = page.evaluate(
-        "() => [...document.querySelectorAll('#samples .caption-label')]"
-        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
-    )
-    assert not truncated, f"truncated captions: {truncated}"
-    paint(page, "context-editor", EYE_ROWS, EYE_COLS)
+            assert overlap <= 0 or vertical <= 0, f"{where}: the {editor} editor's label is covered by its toolbar"
+    for gallery in ("samples", "matches"):
+        if not page.locator(f"#{gallery}").is_visible():
+            continue
+        empty = page.evaluate(
+            f"() => {{ const w = document.querySelector('#{gallery} .grid-wrap');"
+            " const g = w.querySelector('.grid-container');"
+            " return w.getBoundingClientRect().bottom - g.getBoundingClientRect().bottom; }"
+        )
+        assert empty < 40, f"{where}: the {gallery} gallery leaves {empty:.0f} px empty"
+        truncated = page.evaluate(
+            f"() => [...document.querySelectorAll('#{gallery} .caption-label')]"
+            ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
+        )
+        assert not truncated, f"{where}: truncated captions {truncated}"
+
+
+def test_layout_at_1366x768_and_1920x1080(browser, space, tmp_path):
+    page = open_page(browser, space, SIZES[0])
+    assert not page.locator("#matches").is_visible(), "an empty matches gallery takes room before any search"
+    paint(page, "context-editor")
     page.locator("#find-button").click()
     page.locator("#matches img").first.wait_for()
     wait_idle(page)
-    truncated = page.evaluate(
-        "() => [...document.querySelectorAll('#matches .caption-label')]"
-        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
-    )
-    assert not truncated, f"truncated captions: {truncated}"
-    shot = tmp_path / f"space-{size[0]}x{size[1]}.png"
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"screenshot: {shot}")
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(300)
+        check_layout(page, f"{width}×{height}")
+        shot = tmp_path / f"space-{width}x{height}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
     page.context.close()

@@ -491,7 +491,9 @@ def build_demo(
 
     def restore(name: str, saved: Any, session: dict[str, Any]):
         """On page load: the rules and contexts this browser kept, when they were made for this model."""
-        if not saved or not saved.get("rules") and not saved.get("contexts") or saved.get("model") != name:
+        if not isinstance(saved, dict) or saved.get("model") != name:
+            return shown(name, session)
+        if not saved.get("rules") and not saved.get("contexts"):
             return shown(name, session)
         try:
             restored = session_from_browser(saved)
