@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .atomic import write_bytes_atomic
 from .errors import GanRewriteError, HubError, RuleError
 from .imaging import image_grid, save_image
 from .rules import rules_applied  # noqa: F401  (re-exported for the app)
@@ -242,7 +243,7 @@ def session_from_browser(data: Any, max_bytes: int = 64 << 20) -> dict[str, Any]
                 raise RuleError("the rules kept in this browser are too large; they were dropped.")
             with tempfile.TemporaryDirectory(prefix="gan-rewrite-browser-") as tmp:
                 path = Path(tmp) / "rule.safetensors"
-                path.write_bytes(raw)
+                write_bytes_atomic(path, raw)
                 delta = RuleDelta.load(path)
             rule = {"delta": delta, "strength": float(item["strength"]), "label": str(item["label"]),
                     "enabled": bool(item.get("enabled", True))}  # fmt: skip

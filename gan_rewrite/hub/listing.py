@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ..errors import GanRewriteError, HubError
@@ -125,8 +126,7 @@ def list_rules(model: str, *, limit: int = 20, token: str | None = None) -> list
             try:
                 with hub_errors(info.id):
                     path = hf_hub_download(info.id, "rule.json", revision=info.sha, token=token)
-                with open(path, encoding="utf-8") as file:
-                    description = rule_description(json.load(file))
+                description = rule_description(json.loads(Path(path).read_text(encoding="utf-8")))
             except HubError:
                 raise
             except (GanRewriteError, OSError, ValueError) as err:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import GanRewriteError
 from .known import CONFIG_DIR, known_model, known_models
 from .loading import _REPO_ID
@@ -104,22 +105,22 @@ def stage_space(folder: Path, models: Sequence[str], hardware: str | None = None
                 "repo id 'owner/name'; a Space can only offer models it can download."
             )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.py").write_bytes(app.read_bytes())
+    write_bytes_atomic(folder / "app.py", app.read_bytes())
     readme = app_dir / "README.md"
     template = readme.read_text(encoding="utf-8") if readme.is_file() else "# Rewrite a GAN\n"
-    (folder / "README.md").write_text(space_card(models, hardware, template), encoding="utf-8")
-    (folder / "requirements.txt").write_text("\n".join(space_requirements(models)) + "\n", encoding="utf-8")
-    (folder / MODELS_FILE).write_text(json.dumps({"models": list(models)}, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(folder / "README.md", space_card(models, hardware, template))
+    write_text_atomic(folder / "requirements.txt", "\n".join(space_requirements(models)) + "\n")
+    write_text_atomic(folder / MODELS_FILE, json.dumps({"models": list(models)}, indent=1) + "\n")
     vendored = folder / "gan_rewrite"
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
         target = vendored / path.relative_to(PACKAGE_DIR)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
+        write_bytes_atomic(target, path.read_bytes())
     (vendored / "hub_configs").mkdir(parents=True, exist_ok=True)
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        (vendored / "hub_configs" / path.name).write_bytes(path.read_bytes())
+        write_bytes_atomic(vendored / "hub_configs" / path.name, path.read_bytes())
     return folder
 
 

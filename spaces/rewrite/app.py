@@ -1,8 +1,16 @@
 """Rewrite a GAN in the browser: paint a context, copy a region of one sample, paste it into another, and
 see the rule act on held-out samples; "Find matches" ranks other samples by how well they match the painted
-context, with heatmaps. "Add context" saves the painted context as one more example (Rewrite and Find matches
-use them all); the session's rules are listed, each can be switched off, rescaled or removed; rules load from
-a file or a Hub repo id. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
+context, with heatmaps. Clicking a sample (or a match) puts it into the chosen editor; "Add context", or
+clicking the next context sample, saves the painted context as one more example (Rewrite and Find matches use
+them all); the session's rules are listed, each can be switched off, rescaled or removed; rules load from a
+file or a Hub repo id (at their saved strength, described by their spec), and the rules shared for the model
+are listed from the Hub. A thin Gradio layer over the ``gan_rewrite`` library (no maths here).
+
+In the browser: a refused action leaves the page as it was and says why once (a toast; every event hides
+gradio's per-output status); Rewrite and Find matches first run a quick check, then show one progress
+indicator where their result appears; the session's rules and contexts are kept in the browser
+(``gr.BrowserState``, checked like any uploaded rule when they come back) and restored on reload; Hub calls
+give up after ``HUB_TIMEOUT_S`` seconds.
 
 Hostile input: a picture sent to an editor that is not an image, is truncated or is larger than
 ``MAX_PICTURE_PIXELS`` (checked from its header, before decoding), a rule file that is not a rule or was
