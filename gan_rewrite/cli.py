@@ -64,7 +64,9 @@ def parse_rule(text: str) -> tuple[str, float]:
         try:
             scale = float(tail)
         except ValueError:
-            if "/" in tail or "\\" in tail or not (source.endswith(".safetensors") or Path(source).exists()):
+            repo_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source)  # a Hub repo id holds no ':'
+            rule_like = source.endswith(".safetensors") or Path(source).exists() or repo_id
+            if "/" in tail or "\\" in tail or not rule_like:
                 return _not_a_spec(text), 1.0  # a colon inside a path, e.g. C:\\rules\\r.safetensors
             raise argparse.ArgumentTypeError(
                 f"the scale of rule {text!r} must be a number after the last ':' (e.g. {source}:0.5), got {tail!r}"

@@ -146,6 +146,9 @@ def test_rule_scale_that_is_not_a_number_says_so(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["sample", "dcgan-faces-64", "--out", str(tmp_path / "g.png"), "--rule", "glasses.safetensors:abc"])
     assert "must be a number after the last ':'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "dcgan-faces-64", "--out", str(tmp_path / "g.png"), "--rule", "owner/glasses:x"])
+    assert "must be a number after the last ':'" in capsys.readouterr().err
 
 
 def test_a_spec_passed_as_a_rule_points_to_rewrite_spec(tmp_path, capsys) -> None:
