@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
 )
 from .hub.convert import convert_checkpoint  # noqa: E402
 from .hub.known import known_models  # noqa: E402
+from .hub.listing import RuleListing, list_rules  # noqa: E402
 from .hub.loading import load_generator  # noqa: E402
 from .models import GANGenerator  # noqa: E402
 from .rewrite import KeyStats, Rewriter, RuleDelta, compute_stats  # noqa: E402
@@ -30,6 +31,6 @@ from .rewrite import KeyStats, Rewriter, RuleDelta, compute_stats  # noqa: E402
 __all__ = [
     "CheckpointError", "ConfigError", "GANGenerator", "GanRewriteError", "HubError", "KeyStats", "LayerError",
     "ModelNotFoundError", "Rewriter", "RuleDelta", "RuleError", "RuleMismatchError", "RuleNotFoundError",
-    "StatsError", "UnsafeCheckpointError", "__version__", "compute_stats", "convert_checkpoint", "known_models",
-    "load_generator",
+    "RuleListing", "StatsError", "UnsafeCheckpointError", "__version__", "compute_stats", "convert_checkpoint",
+    "known_models", "list_rules", "load_generator",
 ]

@@ -78,7 +78,7 @@ def parse_rule(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError("empty rule; give a rule file, a folder, or a Hub repo id")
     try:
         if Path(text).expanduser().exists():
-            return text, 1.0
+            return _not_a_spec(text), 1.0
     except (OSError, ValueError):  # too long or NUL: not a local path; what follows refuses it by name
         pass
     source, sep, tail = text.rpartition(":")
@@ -86,13 +86,29 @@ def parse_rule(text: str) -> tuple[str, float]:
         try:
             scale = float(tail)
         except ValueError:
-            return text, 1.0
+            repo_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source)  # a Hub repo id holds no ':'
+            rule_like = source.endswith(".safetensors") or Path(source).exists() or repo_id
+            if "/" in tail or "\\" in tail or not rule_like:
+                return _not_a_spec(text), 1.0  # a colon inside a path, e.g. C:\\rules\\r.safetensors
+            raise argparse.ArgumentTypeError(
+                f"the scale of rule {text!r} must be a number after the last ':' (e.g. {source}:0.5), got {tail!r}"
+            ) from None
         if not source:
             raise argparse.ArgumentTypeError(f"rule {text!r} has a scale but no rule before the ':'")
         if not math.isfinite(scale):
             raise argparse.ArgumentTypeError(f"the scale of rule {text!r} must be a finite number, got {tail!r}")
-        return source, scale
-    return text, 1.0
+        return _not_a_spec(source), scale
+    return _not_a_spec(text), 1.0
+
+
+def _not_a_spec(source: str) -> str:
+    """``source``, unless it names a rule's spec (``rule.json``): that is the request, not the rule."""
+    if source.lower().endswith(".json"):
+        raise argparse.ArgumentTypeError(
+            f"{source!r} is a rule spec (the request that makes a rule), not a rule; solve it into a rule first: "
+            f"`gan-rewrite rewrite MODEL --spec {source} --out rule.safetensors`, then pass rule.safetensors"
+        )
+    return source
 
 
 def _truncation(text: str) -> float:
@@ -351,6 +367,8 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
         check_spec(spec, resolution=generator.resolution)
     except RuleError as err:
         raise RuleError(f"spec {args.spec!r} does not fit {args.model}: {err}") from err
+    if spec.get("method") == "optimize":
+        print(optimize_estimate(generator, spec), file=sys.stderr)
     start = time.perf_counter()
     # A model from the Hub records the exact commit it was loaded at; `--revision` may be a branch or tag.
     from_hub = getattr(generator, "hub_source", None) is not None
@@ -365,6 +383,29 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
         f"{note} → {path}"
     )
     return 0
+
+
+def optimize_estimate(generator: GANGenerator, spec: dict[str, Any]) -> str:
+    """A rough time for solving ``spec`` with the optimiser, from one timed forward pass of its examples.
+
+    A step of the optimiser runs the generator forward and back on the examples (about three forward passes
+    with ``loss="image"``, less with the default layer loss); it stops early when the loss settles.
+    """
+    solver = spec.get("solver") or {}
+    steps = int(solver.get("steps", 1000))
+    seeds = [item["seed"] for key in ("copy", "paste", "erase") if isinstance(item := spec.get(key), dict)
+             and isinstance(item.get("seed"), int)] or [0]  # fmt: skip
+    generator.sample(seeds[:1])  # warm-up
+    start = time.perf_counter()
+    generator.sample(seeds)
+    forward = time.perf_counter() - start
+    total = 3 * forward * steps
+    rough = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
+    return (
+        f"solving with the optimiser: up to {steps} steps, roughly {rough} on {generator.device} (one forward pass "
+        f"of {len(seeds)} sample(s) took {1000 * forward:.0f} ms; a step costs about three; it may stop early). "
+        "The closed form (`\"method\": \"closed_form\"`) takes under a second."
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -466,6 +507,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     argv += ["--share"] if args.share else []
     app.main(argv)
     return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """List the rule repos on the Hub made for a model, newest first."""
+    from .hub.listing import list_rules
+
+    found = list_rules(args.model, limit=args.limit, token=args.token)
+    if not found:
+        print(f"no rules for {args.model} on the Hub yet; make one and share it with `gan-rewrite push`.")
+        return 0
+    for rule in found:
+        when = rule.last_modified.strftime("%Y-%m-%d %H:%M") if rule.last_modified else "?"
+        print(f"{rule.repo_id}  ({when})  {rule.description or '(no description)'}")
+        if rule.preview_url:
+            print(f"    preview: {rule.preview_url}")
+    print(f"load one with: gan-rewrite sample {args.model} --rule OWNER/NAME --out grid.png")
+    return 0
+
+
+def cmd_space_push(args: argparse.Namespace) -> int:
+    """Create or update a Hugging Face Space running the rewriting app."""
+    from .hub.space_repo import DEFAULT_MODELS, push_space
+
+    models = args.model or list(DEFAULT_MODELS)
+    info = push_space(args.repo_id, models=models, hardware=args.hardware, private=args.private, token=args.token)
+    print(f"pushed the Space {args.repo_id} offering {', '.join(models)} (commit {info.oid})")
+    return 0
+
+
+def add_rules_and_space_commands(commands: Any) -> None:
+    """The ``rules`` and ``space push`` sub-commands."""
+    rules = commands.add_parser("rules", help="list the rules shared on the Hub for a model, newest first")
+    rules.add_argument("model", help="the base model: a known name (e.g. dcgan-faces-64) or a Hub repo id")
+    rules.add_argument("--limit", type=_positive_int, default=20, help="at most this many (default 20)")
+    rules.add_argument("--token", default=None, help="Hub token (also lists your private rules)")
+    rules.set_defaults(run=cmd_rules)
+
+    space = commands.add_parser("space", help="publish the rewriting app as a Hugging Face Space")
+    space_commands = space.add_subparsers(dest="space_command", required=True)
+    push = space_commands.add_parser("push", help="create or update a Space with the app and its models")
+    push.add_argument("repo_id", help="the Space, owner/name")
+    push.add_argument(
+        "--model", action="append", default=None, help="a model it offers (repeatable; the first opens; "
+        "default dcgan-faces-64): a known name or a Hub repo id",
+    )  # fmt: skip
+    push.add_argument("--hardware", default=None, help="Space hardware, e.g. cpu-basic, t4-small, zero-a10g")
+    push.add_argument("--private", action="store_true", default=None, help="make a new Space private")
+    push.add_argument("--token", default=None, help="Hub write token (default: the logged-in one)")
+    push.set_defaults(run=cmd_space_push)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -590,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_positive_int, default=None, help="port (default: gradio's, 7860)")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     demo.set_defaults(run=cmd_demo)
+    add_rules_and_space_commands(commands)
     return parser
 
 

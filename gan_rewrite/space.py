@@ -8,6 +8,10 @@
 * :func:`preview_picture` — the picture of a row of samples the Space shows (and the tests recompute).
 * :func:`heatmap_picture` — a sample with its context-match heatmap overlaid (the Space's "Find matches").
 * :func:`check_picture` — an uploaded picture's size from its header, refusing unreadable or huge ones.
+* :func:`session_to_browser` / :func:`session_from_browser` — a session's rules and contexts as JSON the
+  browser keeps (``gr.BrowserState``), and back, refusing anything that is not a rule.
+* :func:`within` — run a Hub call with a deadline, so the app answers "the Hub could not be reached" in seconds.
+* :func:`rewrite_score_text` — the text shown beside Rewrite about the rule just made.
 
 Example:
     >>> models = SharedModels()
@@ -18,16 +22,20 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import io
+import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import ModelNotFoundError
+from .atomic import write_bytes_atomic
+from .errors import GanRewriteError, HubError, ModelNotFoundError, RuleError
 from .imaging import image_grid, save_image
 from .rules import rules_applied  # noqa: F401  (re-exported for the app)
 
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
     import torch
 
     from .models.base import GANGenerator
+    from .rewrite.delta import RuleDelta
+    from .rewrite.rewriter import Rewriter
     from .rewrite.stats import KeyStats
 
 PREVIEW_ZOOM = 2
@@ -193,10 +203,34 @@ def editor_mask(value: dict[str, Any] | None, resolution: int) -> np.ndarray:
     return np.asarray(small) >= 64
 
 
-def preview_picture(images: torch.Tensor, *, nrow: int | None = None, zoom: int = PREVIEW_ZOOM) -> Image.Image:
-    """A grid of ``(N, 3, H, W)`` samples in [-1, 1], upscaled ``zoom``× by nearest neighbour."""
+LABEL_HEIGHT = 14
+"""Height in pixels (before the zoom) of the band of seed numbers under a labelled preview row."""
+
+
+def preview_picture(
+    images: torch.Tensor, *, nrow: int | None = None, zoom: int = PREVIEW_ZOOM, seeds: Sequence[int] | None = None
+) -> Image.Image:
+    """A grid of ``(N, 3, H, W)`` samples in [-1, 1], upscaled ``zoom``× by nearest neighbour.
+
+    With ``seeds`` (one row only), a band under the row names each sample's seed; the samples keep their
+    place (the band is added below them).
+    """
     picture = image_grid(images, nrow=nrow or len(images))
+    if seeds is not None:
+        picture = _seed_band(picture, list(seeds), images.shape[-1])
     return picture.resize((picture.width * zoom, picture.height * zoom), Image.Resampling.NEAREST)
+
+
+def _seed_band(picture: Image.Image, seeds: list[int], size: int, padding: int = 2) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = Image.new("RGB", (picture.width, picture.height + LABEL_HEIGHT), "white")
+    out.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, seed in enumerate(seeds):
+        centre = padding + i * (size + padding) + size / 2
+        draw.text((centre, picture.height + LABEL_HEIGHT / 2), str(seed), fill="black", anchor="mm")
+    return out
 
 
 def heatmap_picture(image: torch.Tensor, heatmap: torch.Tensor, size: int, *, opacity: float = 0.6) -> Image.Image:
@@ -249,3 +283,101 @@ def sample_picture(images: torch.Tensor, size: int) -> Image.Image:
     """One sample ``(3, H, W)`` as a ``size × size`` picture to paint on (nearest neighbour)."""
     picture = image_grid(images[None], nrow=1, padding=0)
     return picture.resize((size, size), Image.Resampling.NEAREST)
+
+
+MAX_SAVED_RULES = 32
+"""At most this many rules are kept in the browser (and restored from it)."""
+
+
+def session_to_browser(session: dict[str, Any]) -> dict[str, Any]:
+    """A session's model, rules and saved contexts as JSON for ``gr.BrowserState`` (rules as safetensors bytes
+    in base64, masks in the spec's run-length code)."""
+    from .rewrite.context import encode_mask
+
+    rules = []
+    for rule in (session.get("rules") or [])[-MAX_SAVED_RULES:]:
+        with tempfile.TemporaryDirectory(prefix="gan-rewrite-browser-") as tmp:
+            data = rule["delta"].save(Path(tmp) / "rule.safetensors").read_bytes()
+        rules.append({"rule": base64.b64encode(data).decode("ascii"), "strength": float(rule["strength"]),
+                      "label": str(rule["label"]), "enabled": bool(rule.get("enabled", True))})  # fmt: skip
+    contexts = [{"seed": int(seed), "mask": encode_mask(_tensor(mask))} for seed, mask in session.get("contexts") or []]
+    return {"model": session.get("model"), "rules": rules, "contexts": contexts}
+
+
+def session_from_browser(data: Any, max_bytes: int = 64 << 20) -> dict[str, Any]:
+    """The session :func:`session_to_browser` saved. The browser's data is not trusted: rules are read as
+    safetensors (never unpickled) and checked like any rule file.
+
+    Raises:
+        RuleError: the data is not what :func:`session_to_browser` writes, or a rule in it is not a rule.
+    """
+    from .rewrite.context import decode_mask
+    from .rewrite.delta import RuleDelta
+
+    if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
+        raise RuleError("the rules kept in this browser are not readable; they were dropped.")
+    session: dict[str, Any] = {"model": data.get("model"), "rules": [], "contexts": []}
+    if session["model"] is not None and not isinstance(session["model"], str):
+        raise RuleError("the rules kept in this browser name no model; they were dropped.")
+    total = 0
+    for item in data.get("rules", [])[-MAX_SAVED_RULES:]:
+        try:
+            raw = base64.b64decode(item["rule"], validate=True)
+            total += len(raw)
+            if total > max_bytes:
+                raise RuleError("the rules kept in this browser are too large; they were dropped.")
+            with tempfile.TemporaryDirectory(prefix="gan-rewrite-browser-") as tmp:
+                path = Path(tmp) / "rule.safetensors"
+                write_bytes_atomic(path, raw)
+                delta = RuleDelta.load(path)
+            rule = {"delta": delta, "strength": float(item["strength"]), "label": str(item["label"]),
+                    "enabled": bool(item.get("enabled", True))}  # fmt: skip
+        except (KeyError, TypeError, ValueError) as err:
+            raise RuleError(f"a rule kept in this browser is not readable ({err}); they were dropped.") from None
+        if not np.isfinite(rule["strength"]):
+            raise RuleError("a rule kept in this browser has no finite strength; they were dropped.")
+        session["rules"].append(rule)
+    for item in data.get("contexts") or []:
+        try:
+            session["contexts"].append((int(item["seed"]), decode_mask(str(item["mask"])).numpy().astype(bool)))
+        except (KeyError, TypeError, ValueError, GanRewriteError) as err:
+            raise RuleError(f"a context kept in this browser is not readable ({err}); they were dropped.") from None
+    return session
+
+
+def _tensor(mask: Any) -> torch.Tensor:
+    import torch
+
+    return torch.as_tensor(np.asarray(mask, dtype=bool))
+
+
+def within(seconds: float, call: Callable[[], Any], what: str = "the Hub") -> Any:
+    """``call()``, given up after ``seconds``: a Hub call from the app answers within seconds even when the
+    Hub is unreachable (the client itself retries for much longer). The call goes on in a daemon thread.
+
+    Raises:
+        HubError: ``call`` did not finish in time.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="gan-rewrite-hub-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise HubError(f"{what} could not be reached within {seconds:g} s; check the connection and try again.")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def rewrite_score_text(rewriter: Rewriter, delta: RuleDelta) -> str:
+    """The Markdown shown beside Rewrite about the rule ``delta`` just solved by ``rewriter`` (call it with the
+    model's lock held). Empty for now: the edit-quality score (how well the rule generalises, with advice)
+    will be reported here."""
+    return ""

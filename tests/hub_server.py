@@ -17,6 +17,11 @@ id, URL-quoted as the client sends it):
 * ``GET  /api/{t}/{repo}/tree/{rev}[/{path}]?recursive=``   tree listing (no pagination)
 * ``POST /api/{t}/{repo}/paths-info/{rev}``                 info on given paths
 * ``GET  /api/{t}/{repo}/refs``, ``GET /api/{t}/{repo}/commits/{rev}``
+* ``GET  /api/models?filter=&search=&author=&sort=&limit=``  list models (newest ``lastModified`` first, one page);
+  a repo's tags are its card's ``tags`` and ``library_name`` plus the Hub's ``base_model:<id>`` and
+  ``base_model:<relation>:<id>``; ``filter`` values must all be among them
+* Spaces: ``create_repo`` keeps ``sdk`` and ``hardware``, the repo info reports them (``sdk``, ``runtime``);
+  ``POST /api/spaces/{repo}/hardware`` requests another flavour
 * ``POST /api/{t}/{repo}/preupload/{rev}``                  always ``regular``, with the remote git oid
 * ``POST /api/{t}/{repo}/commit/{rev}[?create_pr=1]``       NDJSON: header, file (base64), deletedFile/Folder
 * ``POST|DELETE /api/{t}/{repo}/branch/{branch}``, ``POST /api/{t}/{repo}/tag/{rev}``
@@ -89,6 +94,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)  # also holds "refs/pr/N"
     tags: dict[str, str] = field(default_factory=dict)
     discussions: list[dict] = field(default_factory=list)  # number i + 1; pull requests own "refs/pr/<num>"
+    space: dict = field(default_factory=dict)  # Spaces only: {"sdk": ..., "hardware": ...}
 
     @property
     def url_path(self) -> str:
@@ -223,6 +229,25 @@ def _card_data(commit: Commit) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _tags(commit: Commit) -> list[str]:
+    """The tags the Hub derives from a card: its ``tags``, ``library_name`` and ``base_model`` (with relation)."""
+    card = _card_data(commit) or {}
+    tags = [str(t) for t in card.get("tags") or []]
+    if card.get("library_name"):
+        tags.append(str(card["library_name"]))
+    bases = card.get("base_model") or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        tags.append(f"base_model:{base}")
+        if card.get("base_model_relation"):
+            tags.append(f"base_model:{card['base_model_relation']}:{base}")
+    return list(dict.fromkeys(tags))
+
+
+def _space_runtime(repo: Repo) -> dict:
+    hardware = repo.space.get("hardware")
+    return {"stage": "BUILDING", "hardware": {"current": None, "requested": hardware}, "gcTimeout": None}
+
+
 _R = r"(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
 _RESOLVE = r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
 _ROUTES: list[tuple[str, re.Pattern, str]] = [
@@ -232,6 +257,8 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
+        ("GET", r"/api/models", "list_models"),
+        ("POST", r"/api/spaces/(?P<repo>[^/]+/[^/]+)/hardware", "space_hardware"),
         ("GET", rf"/api/{_R}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
         ("GET", rf"/api/{_R}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", "tree"),
         ("POST", rf"/api/{_R}/paths-info/(?P<rev>[^/]+)", "paths_info"),
@@ -356,6 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type, repo_id, payload = self._repo_from_payload(store)
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = store.create_repo(repo_type, repo_id, private, self.base_url)
+        if repo_type == "space":
+            repo.space = {"sdk": payload.get("sdk"), "hardware": payload.get("hardware") or "cpu-basic"}
         return 200, {"url": f"{self.base_url}/{repo.url_path}", "name": repo_id, "id": repo_id}, {}
 
     def h_delete_repo(self, store: HubStore):
@@ -381,7 +410,45 @@ class _Handler(BaseHTTPRequestHandler):
         card = _card_data(commit)
         if card is not None:
             info["cardData"] = card
+        if type == "space":
+            info["sdk"] = r.space.get("sdk")
+            info["runtime"] = _space_runtime(r)
+        info["tags"] = _tags(commit)
         return 200, info, {}
+
+    def h_list_models(self, store: HubStore):
+        wanted = self.query.get("filter", [])
+        search = self.query.get("search", [""])[0]
+        author = self.query.get("author", [None])[0]
+        found = []
+        for (repo_type, repo_id), r in store.repos.items():
+            if repo_type != "model" or (r.private and self.token is None):
+                continue
+            commit = r.commits[r.branches["main"]]
+            tags = _tags(commit)
+            if search not in repo_id or (author and repo_id.split("/")[0] != author):
+                continue
+            if all(value in tags for value in wanted):
+                found.append((commit.date, repo_id, r, commit, tags))
+        found.sort(key=lambda item: item[:2], reverse=True)  # newest first, like sort=lastModified
+        limit = int(self.query.get("limit", [len(found)])[0])
+        out = []
+        for _, repo_id, r, commit, tags in found[:limit]:
+            item = {"_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
+                    "author": repo_id.split("/")[0], "sha": commit.oid, "private": r.private, "tags": tags,
+                    "lastModified": commit.date, "createdAt": r.created_at, "downloads": 0, "likes": 0,
+                    "siblings": [{"rfilename": p} for p in sorted(commit.files)]}  # fmt: skip
+            card = _card_data(commit)
+            if card is not None:
+                item["cardData"] = card
+            out.append(item)
+        return 200, out, {}
+
+    def h_space_hardware(self, store: HubStore, repo: str):
+        self._need_token()
+        r = store.repo("space", repo, self.token)
+        r.space["hardware"] = self._json().get("flavor")
+        return 200, _space_runtime(r), {}
 
     def h_tree(self, store: HubStore, type: str, repo: str, rev: str, path: str = ""):  # noqa: A002
         commit = store.resolve(store.repo(type, repo, self.token), rev)

@@ -326,6 +326,7 @@ ALLOWED = {  # (file, call): why it is fine
     ("hub/rules.py", "save"): "RuleDelta.save / preview PNG into a private temporary folder for upload",
     ("hub/rules.py", "write_text"): "rule.json / README.md into a private temporary folder for upload",
     ("cli.py", "save"): "KeyStats.save / RuleDelta.save (atomic)",
+    ("space.py", "save"): "RuleDelta.save (atomic) into a private temporary folder (the rules kept in the browser)",
 }
 
 

@@ -88,6 +88,10 @@ def rule_card(
     if on_hub:  # the Hub only accepts repo ids here; a known model name stays in the text
         fields["base_model"] = delta.base_model
         fields["base_model_relation"] = "adapter"
+    elif delta.base_model:  # a known name: a tag of ours lets `list_rules` find the rule
+        from .listing import model_tag
+
+        fields["tags"].append(model_tag(delta.base_model))
     data = ModelCardData(**fields)
     name = repo_id or "rule"
     base = delta.base_model or "<base model>"

@@ -1,4 +1,5 @@
-"""Models known by name: one YAML per model in ``gan_rewrite/hub_configs/``.
+"""Models known by name: one YAML per model in ``hub_configs/`` (the repository's top level; an installed
+wheel carries it as ``gan_rewrite/hub_configs/``).
 
 A known model says where its weights come from (``source.kind``):
 
@@ -22,7 +23,12 @@ import yaml
 
 from ..errors import ConfigError, ModelNotFoundError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "hub_configs"
+_PACKAGE = Path(__file__).resolve().parent.parent
+CONFIG_DIR = next(
+    (folder for folder in (_PACKAGE / "hub_configs", _PACKAGE.parent / "hub_configs") if folder.is_dir()),
+    _PACKAGE.parent / "hub_configs",
+)
+"""The known models' YAML: inside the installed package (a wheel), else at the top of the checkout."""
 _MODEL_FIELDS = ("z_dim", "channel_multiplier", "n_mlp")  # hyper-parameters a YAML may pin for conversion
 
 
@@ -77,8 +83,16 @@ def known_model(name: str) -> KnownModel:
         return known_models()[name]
     except KeyError:
         raise ModelNotFoundError(
-            f"unknown model name {name!r}; known names are {sorted(known_models())}."
+            f"unknown model name {name!r}{did_you_mean(name)}; known names are {sorted(known_models())}."
         ) from None
+
+
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'dcgan-faces-64'?)"`` for the known name nearest ``name``, or ``""`` if none is near."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known_models()), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def package_file(source: dict[str, Any]) -> Path:

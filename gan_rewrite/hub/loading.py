@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import CheckpointError, ConfigError, HubError, ModelNotFoundError, short_repr
-from .known import known_model, known_models
+from .known import did_you_mean, known_model, known_models
 from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def load_generator(
         generator.hub_source = HubSource(text, revision, folder.name)
         return generator
     raise ModelNotFoundError(
-        f"no model folder, known model name or Hub repo id {text[:100]!r}. Known names are "
+        f"no model folder, known model name or Hub repo id {text[:100]!r}{did_you_mean(text[:100])}. Known names are "
         f"{sorted(known_models())}; a Hub repo id looks like 'owner/name'."
     )
 
