@@ -203,7 +203,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         for layer in ("layer2", "layer3", "layer4"):
             settings.append((f"bounded@{layer}", layer, "bounded", {}))
         settings.append(("bounded@auto, paste only", "auto", "bounded", {"targets": "paste"}))
-        settings.append(("bounded@auto, keep box", "auto", "bounded", {"keep": "box"}))
+        settings.append(("bounded@auto, keep weight 1", "auto", "bounded", {"keep_weight": 1.0}))
         settings.append(("opt (image loss, 300 steps) @auto", "auto", "optimize", {"loss": "image", "steps": 300}))
     for label, layer, method, options in settings:
         rw = build(G, req, layer, old_erase=label.startswith("old"))
