@@ -113,7 +113,7 @@ def expected_after(space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 3
         rw.add_context(seeds[0], context)
         rw.set_copy(seeds[1], copy)
         rw.set_paste(seeds[2], paste)
-        delta = rw.solve(rank=1)
+        delta = rw.solve(rank=1, method="closed_form")  # what the app asks for
         G.load_rule(delta, name="expected", scale=strength)
         try:
             after = G.sample(space["app"].PREVIEW_SEEDS)
@@ -355,7 +355,7 @@ def library_rule(space, path: Path, *, foreign: bool = False) -> Path:
         rw = library_rewriter(space)
         rw.set_copy(35, GLASSES)
         rw.set_paste(1, EYES)
-        rule = rw.solve(rank=1)
+        rule = rw.solve(rank=1, method="closed_form")
     rule.save(path)
     return path
 
@@ -451,7 +451,7 @@ def library_delta(space, *, contexts=((1, EYES),), copy=(35, GLASSES), paste=(1,
             rw.add_context(seed, mask)
         rw.set_copy(*copy)
         rw.set_paste(*paste)
-        return rw.solve(rank=1)
+        return rw.solve(rank=1, method="closed_form")  # what the app asks for
 
 
 def library_after(space, rules) -> np.ndarray:

@@ -24,10 +24,12 @@ MAX_UNITS = 4096  # `erase.units` entries (channel indices)
 MAX_SOLVER_INT = 100_000  # any integer solver option (`steps`, `project_every`, `patience`, ...)
 MAX_MASK_CODE = 4 << 20  # characters in one mask code: a 1024² checkerboard needs ~2 MB
 MAX_OFFSET = 8192  # |dy|, |dx| of `paste.offset`, in pixels
+MAX_LAYERS = 64  # layers scored in `auto_layer` (a 1024px StyleGAN2 has 17)
 
 _SPEC_FIELDS = {
     "version",
     "layer",
+    "auto_layer",
     "truncation",
     "context",
     "copy",
@@ -139,7 +141,7 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
                 )
     erase = spec.get("erase")
     if erase is not None:
-        painted(erase, "erase", frozenset({"units"}))
+        painted(erase, "erase", frozenset({"units", "top_units"}))
         units = erase.get("units")
         if isinstance(units, list) and len(units) > MAX_UNITS:
             raise RuleError(f"field `erase.units` has {len(units)} entries; at most {MAX_UNITS} are allowed.")
@@ -149,6 +151,27 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
             raise RuleError(
                 f"field `erase.units` must be null or a list of channel indices (0 to {MAX_UNITS - 1}), got "
                 f"{short_repr(units)}."
+            )
+        if erase.get("top_units") is not None:
+            _check_int(erase, "top_units", "erase.top_units", low=1, high=MAX_UNITS)
+            if units is not None:
+                raise RuleError("field `erase` has both `units` and `top_units`; give one.")
+    auto = spec.get("auto_layer")
+    if auto is not None:
+        scores = auto.get("scores") if isinstance(auto, dict) else None
+        if (
+            not isinstance(auto, dict)
+            or set(auto) != {"scores"}
+            or not isinstance(scores, dict)
+            or len(scores) > MAX_LAYERS
+            or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in scores.items()
+            )
+        ):
+            raise RuleError(
+                f"field `auto_layer` must be null or {{\"scores\": {{layer: number}}}} (at most {MAX_LAYERS} "
+                f"layers), got {short_repr(auto)}."
             )
     if erase is None and (spec.get("copy") is None or paste is None):
         raise RuleError("no goal: give both `copy` and `paste`, or `erase`.")
@@ -172,7 +195,9 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         _check_number(stats, "truncation", "stats.truncation", low=0.0, high=1.0, optional=True)
     if "rank" in spec:
         _check_int(spec, "rank", "rank", low=1, high=MAX_RANK)
-    method = spec.get("method", "closed_form")
+    from .rewriter import DEFAULT_METHOD
+
+    method = spec.get("method", DEFAULT_METHOD)
     if not isinstance(method, str) or method not in SOLVERS:
         raise RuleError(f"field `method` must be one of {sorted(SOLVERS)}, got {short_repr(method)}.")
     solver = spec.get("solver") or {}
