@@ -377,7 +377,12 @@ def within(seconds: float, call: Callable[[], Any], what: str = "the Hub") -> An
 
 
 def rewrite_score_text(rewriter: Rewriter, delta: RuleDelta) -> str:
-    """The Markdown shown beside Rewrite about the rule ``delta`` just solved by ``rewriter`` (call it with the
-    model's lock held). Empty for now: the edit-quality score (how well the rule generalises, with advice)
-    will be reported here."""
-    return ""
+    """The Markdown shown beside Rewrite: how well the request's context carries over to other samples, per
+    layer (the leave-one-out AUC of :meth:`Rewriter.score`), and the one-line advice. Call it with the model's
+    lock held; under ``layer="auto"`` it reuses the score that chose the layer."""
+    score = rewriter.chosen or rewriter.score()
+    aucs = " · ".join(
+        f"**{name} {s.auc:.2f}**" if name == delta.layer_names[0] else f"{name} {s.auc:.2f}"
+        for name, s in score.layers.items()
+    )
+    return f"Context carries over (leave-one-out AUC): {aucs}. {score.advice}"

@@ -84,11 +84,11 @@ def client(space):
     return gradio_client.Client(space["url"], verbose=False, download_files=str(space["tmp"] / "downloads"))
 
 
-def rewrite(c, space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 35, 1), strength=1.0):
+def rewrite(c, space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 35, 1), strength=1.0, layer="layer3"):
     folder = space["tmp"]
     return c.predict(
         MODEL,
-        "layer3",
+        layer,
         seeds[0],
         editor_value(context, folder),
         seeds[1],
@@ -113,7 +113,7 @@ def expected_after(space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 3
         rw.add_context(seeds[0], context)
         rw.set_copy(seeds[1], copy)
         rw.set_paste(seeds[2], paste)
-        delta = rw.solve(rank=1, method="closed_form")  # what the app asks for
+        delta = rw.solve(rank=1)  # what the app asks for: the library defaults
         G.load_rule(delta, name="expected", scale=strength)
         try:
             after = G.sample(space["app"].PREVIEW_SEEDS)
@@ -355,7 +355,7 @@ def library_rule(space, path: Path, *, foreign: bool = False) -> Path:
         rw = library_rewriter(space)
         rw.set_copy(35, GLASSES)
         rw.set_paste(1, EYES)
-        rule = rw.solve(rank=1, method="closed_form")
+        rule = rw.solve(rank=1)
     rule.save(path)
     return path
 
@@ -451,7 +451,7 @@ def library_delta(space, *, contexts=((1, EYES),), copy=(35, GLASSES), paste=(1,
             rw.add_context(seed, mask)
         rw.set_copy(*copy)
         rw.set_paste(*paste)
-        return rw.solve(rank=1, method="closed_form")  # what the app asks for
+        return rw.solve(rank=1)  # what the app asks for: the library defaults
 
 
 def library_after(space, rules) -> np.ndarray:
@@ -546,3 +546,23 @@ def test_several_context_examples(space):
     c.predict(MODEL, 1, editor_value(EYES, space["tmp"]), api_name="/add_context")[0]
     result = rewrite(c, space, seeds=(7, 35, 1))  # one saved context and the editor's painting
     torch.testing.assert_close(rule_of(result).layers["layer3"].lam, two.layers["layer3"].lam, rtol=1e-4, atol=1e-5)
+
+
+def test_rewrite_picks_the_layer_and_says_how_the_context_carries_over(space):
+    """Layer "auto" (the app's default) rewrites the layer the library's score picks, and the score and its
+    advice are shown beside Rewrite."""
+    c = client(space)
+    assert c.predict(MODEL, api_name="/change_model")["value"] == "auto"
+    result = rewrite(c, space, layer="auto")
+    G, lock = space["models"].get(MODEL)
+    with lock:
+        rw = gr.Rewriter(G, layer="auto")
+        rw.set_stats(space["models"].stats(MODEL, G.config.default_layer))
+        rw.add_context(1, EYES)
+        best = rw.choose_layer()
+    text = result[-1]
+    assert f"**{best} {rw.chosen.layers[best].auc:.2f}**" in text, text
+    assert rw.chosen.advice in text
+    assert all(f"{name} {s.auc:.2f}" in text for name, s in rw.chosen.layers.items())
+    fixed = rewrite(c, space, layer="layer3")[-1]
+    assert "**layer3" in fixed and "AUC" in fixed

@@ -160,6 +160,12 @@ class Rewriter:
         return self._layer
 
     @property
+    def chosen(self) -> GeneralisationScore | None:
+        """The score that fixed the layer under ``layer="auto"`` (``None`` with a fixed layer, or before
+        :meth:`choose_layer` / :meth:`solve` ran)."""
+        return self._chosen
+
+    @property
     def kind(self) -> LayerKind:
         return layer_kind(self.G.layer_module(self._layer))
 

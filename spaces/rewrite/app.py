@@ -51,6 +51,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 import gan_rewrite as gr_lib  # noqa: E402
 from gan_rewrite.errors import GanRewriteError  # noqa: E402
+from gan_rewrite.rewrite.rewriter import AUTO  # noqa: E402
 from gan_rewrite.hub.listing import list_rules, rule_description  # noqa: E402
 from gan_rewrite.space import (  # noqa: E402
     SharedModels,
@@ -207,16 +208,19 @@ def build_demo(
         return contexts
 
     def context_rewriter(G, name: str, layer: str, contexts):
-        """A Rewriter at ``layer`` with the shared statistics and the context examples. Hold the model's lock."""
-        rw = gr_lib.Rewriter(G, layer=layer or None)
+        """A Rewriter at ``layer`` (``"auto"``: where the context generalises best, chosen here) with the shared
+        statistics and the context examples. Hold the model's lock."""
+        rw = gr_lib.Rewriter(G, layer=layer or AUTO)
         rw.set_stats(models.stats(name, rw.layer))
         for seed, mask in contexts:
             rw.add_context(seed, mask)
+        if rw.auto:
+            rw.choose_layer()
         return rw
 
     def layers_of(name: str) -> tuple[list[str], str]:
         G, _ = _model(name)
-        return list(G.layer_names), G.config.default_layer
+        return [AUTO, *G.layer_names], AUTO
 
     def _model(name: str):
         if not name:
@@ -349,7 +353,7 @@ def build_demo(
                 progress(0.6, desc="solving")
                 rw.set_copy(seeds["copy"], masks["copy"])
                 rw.set_paste(seeds["paste"], masks["paste"])
-                delta = rw.solve(rank=1, method="closed_form")
+                delta = rw.solve(rank=1)  # the library's defaults (bounded solve)
                 score = rewrite_score_text(rw, delta)
         except GanRewriteError as err:
             raise gr.Error(str(err)) from None
