@@ -140,8 +140,8 @@ images = G.sample(seeds=[0, 1, 2])  # (3, 3, 64, 64) in [-1, 1]
 This model: {steps} steps at batch {batch_size} ({images} freshly drawn anti-aliased scenes, no dataset),
 {seconds:.0f} s on one {hardware}; StyleGAN2's recipe kept small — non-saturating logistic loss,
 lazy R1 (γ = {r1_gamma}, every {r1_every} steps), style mixing ({mixing}), Adam (lr {lr}, β = (0, 0.99)),
-EMA of the generator over {ema_kimg} k images (the shipped weights). It is an early snapshot: shapes and roof kinds are recognisable, edges are soft, and
-some buildings are malformed; more slices of training would sharpen it.
+EMA of the generator over {ema_kimg} k images (the shipped weights). It is an early snapshot: shapes and roof
+kinds are recognisable, edges are soft, and some buildings are malformed; more slices of training would sharpen it.
 
 ## How close it is to the world
 {n} samples against {n} held-out renders, both labelled by the shipped segmenter (pixel accuracy {acc:.3f} on
