@@ -43,7 +43,6 @@ from gan_rewrite.toyworld.render import CLASS_INDEX
 from gan_rewrite.toyworld.segment import load_segmenter, segment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edit_quality import finetune  # noqa: E402  (the same whole-layer baseline as on the faces)
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = ROOT / "benchmarks" / "requests"
@@ -105,7 +104,7 @@ def define_requests() -> None:
     tree = seeds_with(lambda lab: _biggest_box(cls("tree")(lab)) if cls("tree")(lab).any() else cls("tree")(lab), 25, 1)
     spires = seeds_with(lambda lab: _top_band(cls("spire")(lab), 6), 10, 4)
     windows = seeds_with(cls("window"), 12, 4)
-    domes = seeds_with(cls("dome"), 20, 40)
+    domes = seeds_with(cls("dome"), 10, 60)
     dome_colour = {seed: images[seed][:, mask].mean(1) for seed, mask in domes}
     gold = [(s, m) for s, m in domes if dome_colour[s][0] > dome_colour[s][2] + 0.3]  # red ≫ blue: gold
     other = [(s, m) for s, m in domes if dome_colour[s][2] > dome_colour[s][0]][:4]
@@ -200,6 +199,8 @@ def methods(G: gr.GANGenerator, quick: bool) -> dict[str, tuple[str | None, dict
 
 
 def run(name: str, G: gr.GANGenerator, segmenter, seeds: list[int], quick: bool) -> tuple[list[dict], dict]:
+    from edit_quality import finetune  # the same whole-layer baseline as on the faces
+
     req = load_request(name)
     before = torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
     labels_before = segment(segmenter, before)
