@@ -573,12 +573,31 @@ def add_rules_and_space_commands(commands: Any) -> None:
     push.add_argument("repo_id", help="the Space, owner/name")
     push.add_argument(
         "--model", action="append", default=None, help="a model it offers (repeatable; the first opens; "
-        "default dcgan-faces-64): a known name or a Hub repo id",
+        "default dcgan-faces-64 and toyworld-stylegan2-64): a known name or a Hub repo id",
     )  # fmt: skip
     push.add_argument("--hardware", default=None, help="Space hardware, e.g. cpu-basic, t4-small, zero-a10g")
     push.add_argument("--private", action="store_true", default=None, help="make a new Space private")
     push.add_argument("--token", default=None, help="Hub write token (default: the logged-in one)")
     push.set_defaults(run=cmd_space_push)
+
+
+def cmd_train_toyworld(args: argparse.Namespace) -> int:
+    """Train (or resume training) the toy-world StyleGAN2 for a time-boxed slice; export the model folder."""
+    from .toyworld.train import TrainConfig, Trainer, export_model
+
+    folder = Path(args.checkpoint)
+    if (folder / "state.json").is_file():
+        trainer = Trainer.resume(folder, args.device, batch_size=args.batch_size)
+        print(f"resuming at step {trainer.step} ({trainer.step * trainer.config.batch_size} images so far)")
+    else:
+        trainer = Trainer.create(TrainConfig(**({"batch_size": args.batch_size} if args.batch_size else {})),
+                                 args.device)
+    trainer.train(minutes=args.minutes, steps=args.steps, folder=folder)
+    print(f"checkpoint at step {trainer.step} in {folder}")
+    if args.out:
+        export_model(trainer, args.out)
+        print(f"model folder written to {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -719,6 +738,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     demo.set_defaults(run=cmd_demo)
     add_rules_and_space_commands(commands)
+
+    train = commands.add_parser(
+        "train-toyworld", help="train or resume the toy-world StyleGAN2 for a time-boxed slice (CPU or CUDA)"
+    )
+    train.add_argument("checkpoint", help="training checkpoint folder (resumed when it holds state.json)")
+    train.add_argument("--minutes", type=float, default=None, help="wall-clock length of this slice")
+    train.add_argument("--steps", type=_positive_int, default=None, help="or: number of steps in this slice")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default 32)")
+    train.add_argument("--out", default=None, help="also export the averaged generator as a model folder here")
+    train.add_argument("--device", default=None, help=DEVICE_HELP)
+    train.set_defaults(run=cmd_train_toyworld)
     return parser
 
 

@@ -5,6 +5,8 @@ A known model says where its weights come from (``source.kind``):
 
 * ``package``: a file inside an installed Python package (the embedded default ``dcgan-faces-64``);
 * ``hub``: a legacy checkpoint file in a Hub repo, downloaded with the official client and converted;
+* ``bundled``: a model folder shipped inside this package (``source.folder``, relative to ``gan_rewrite/``),
+  loaded as it is — the toy-world StyleGAN2 the project trains itself;
 * ``url``: recorded for reference only (not on the Hub): the user downloads it and runs ``gan-rewrite convert``.
 
 Converted models are cached as model folders under :func:`cache_home` so conversion runs once.
@@ -111,3 +113,18 @@ def package_file(source: dict[str, Any]) -> Path:
     if not path.is_file():
         raise ModelNotFoundError(f"`{source['package']}` is installed but has no {source['file']} at {path}.")
     return path
+
+
+def bundled_folder(model: KnownModel) -> Path:
+    """The model folder of a ``bundled`` known model, inside the installed package.
+
+    Raises:
+        ModelNotFoundError: the package was installed without the folder (a broken or trimmed install).
+    """
+    folder = Path(__file__).resolve().parent.parent / model.source["folder"]
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ModelNotFoundError(
+            f"{model.name} ships inside gan-rewrite at {folder}, but the folder is incomplete; "
+            f"reinstall the package (`pip install --force-reinstall gan-rewrite`)."
+        )
+    return folder

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import CheckpointError, ConfigError, HubError, ModelNotFoundError, short_repr
-from .known import did_you_mean, known_model, known_models
+from .known import bundled_folder, did_you_mean, known_model, known_models
 from .mixin import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ def load_generator(
             f"`gan-rewrite convert {text} OUT_DIR --format ...`."
         )
     if text in known_models():
+        model = known_model(text)
+        if model.source.get("kind") == "bundled":  # a model folder shipped inside this package
+            return load_folder(bundled_folder(model), device=target)
         from .convert import ensure_known_model
 
         return load_folder(ensure_known_model(known_model(text), token=token), device=target)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import GanRewriteError
-from .known import CONFIG_DIR, known_model, known_models
+from .known import CONFIG_DIR, bundled_folder, known_model, known_models
 from .loading import _REPO_ID
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 APP_DIR = PACKAGE_DIR.parent / "spaces" / "rewrite"
 """The app of the checkout: ``spaces/rewrite/`` beside the package (``app.py`` and its ``README.md``)."""
 MODELS_FILE = "space_models.json"
-DEFAULT_MODELS = ("dcgan-faces-64",)
+DEFAULT_MODELS = ("dcgan-faces-64", "toyworld-stylegan2-64")
 _FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*\n?", re.S)
 
 
@@ -121,6 +121,11 @@ def stage_space(folder: Path, models: Sequence[str], hardware: str | None = None
     (vendored / "hub_configs").mkdir(parents=True, exist_ok=True)
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         write_bytes_atomic(vendored / "hub_configs" / path.name, path.read_bytes())
+    for name in models:  # a model shipped inside the package (the toy world's) travels with it
+        if name in known_models() and known_models()[name].source.get("kind") == "bundled":
+            source = bundled_folder(known_models()[name])
+            for path in sorted(p for p in source.iterdir() if p.is_file()):
+                write_bytes_atomic(vendored / source.relative_to(PACKAGE_DIR) / path.name, path.read_bytes())
     return folder
 
 

@@ -51,8 +51,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 import gan_rewrite as gr_lib  # noqa: E402
 from gan_rewrite.errors import GanRewriteError  # noqa: E402
-from gan_rewrite.rewrite.rewriter import AUTO  # noqa: E402
 from gan_rewrite.hub.listing import list_rules, rule_description  # noqa: E402
+from gan_rewrite.rewrite.rewriter import AUTO  # noqa: E402
 from gan_rewrite.space import (  # noqa: E402
     SharedModels,
     check_picture,
