@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import RuleError
 from .context import Goal
+from .crop import layer_crop, weight_box
 from .layers import LayerKind
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,28 @@ def solve_closed_form(
         return lam.float().cpu()
 
 
-def goal_l1(kind: LayerKind, module: nn.Module, goal: Goal) -> Callable[[Tensor], Tensor]:
-    """The default loss of :func:`solve_projected`: weighted mean L1 distance of the layer output to V*."""
+def goal_l1(kind: LayerKind, module: nn.Module, goal: Goal, *, crop: bool = True) -> Callable[[Tensor], Tensor]:
+    """The default loss of :func:`solve_projected`: weighted mean L1 distance of the layer output to V*.
+
+    Args:
+        crop: evaluate the layer only on the bounding box of the goal's positive weights, from the keys
+            that reach it (:mod:`~gan_rewrite.rewrite.crop`): the same loss and gradient (to float
+            rounding), at a fraction of the cost for a small goal. ``False``: the whole map.
+    """
     target = goal.target.detach()
     weight = goal.weight.to(target.device, target.dtype)[:, None]  # (N, 1, H, W)
     total = weight.sum() * target.shape[1]
+    box = weight_box(goal.weight) if crop else None
+    cropped = layer_crop(kind, module, goal.state, box) if box is not None else None
+    if cropped is not None:
+        top, left, bottom, right = box
+        target = target[..., top:bottom, left:right]
+        weight = weight[..., top:bottom, left:right]
+
+        def loss_cropped(w: Tensor) -> Tensor:
+            return ((cropped.output(w) - target).abs() * weight).sum() / total
+
+        return loss_cropped
 
     def loss(w: Tensor) -> Tensor:
         return ((kind.output(module, goal.state, w) - target).abs() * weight).sum() / total
@@ -189,7 +207,7 @@ def solve_projected(
         loss_fn = goal_image_l1(kind, module, goal, render) if loss == "image" else goal_l1(kind, module, goal)
     weight = weight0.clone().requires_grad_(True)
     step_size = lr if lr is not None else 0.01 * float(weight0.std())
-    optimizer = torch.optim.Adam([weight], lr=step_size)
+    optimizer = torch.optim.Adam([weight], lr=step_size, **_adam_kernel(weight))
 
     def project() -> None:
         with torch.no_grad():
@@ -218,6 +236,14 @@ def solve_projected(
     project()
     with torch.no_grad():
         return kind.lambda_from_delta(weight - weight0, direction).float().cpu()
+
+
+def _adam_kernel(weight: Tensor) -> dict[str, bool]:
+    """``fused=True`` where torch has a fused Adam for this device and dtype (one pass over the weight per step
+    instead of about seven; the same update up to float rounding), else torch's default."""
+    if weight.dtype in (torch.float32, torch.float64) and weight.device.type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {}
 
 
 SOLVERS: dict[str, Callable[..., Tensor]] = {"closed_form": solve_closed_form, "optimize": solve_projected}
