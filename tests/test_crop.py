@@ -11,7 +11,7 @@ from gan_rewrite.models.stylegan2 import ModulatedConv2d
 from gan_rewrite.rewrite.context import Goal
 from gan_rewrite.rewrite.crop import layer_crop, weight_box
 from gan_rewrite.rewrite.layers import layer_kind
-from gan_rewrite.rewrite.solve import goal_l1
+from gan_rewrite.rewrite.solve import goal_l1, solve_projected
 
 
 def _modconv(upsample: bool) -> nn.Module:
@@ -101,3 +101,23 @@ def test_weight_box_covers_all_samples() -> None:
     weight[1, 5, 6] = 1.0
     assert weight_box(weight) == (1, 2, 6, 7)
     assert weight_box(torch.zeros(1, 4, 4)) is None
+
+
+@pytest.mark.parametrize("name", ["dcgan-convT", "progan-conv", "stylegan2-modconv-up"])
+def test_projected_solver_with_the_crop_follows_the_whole_map_path(name: str) -> None:
+    """The whole optimiser (fused Adam, projection) takes the same steps on the cropped loss."""
+    factory, side = LAYERS[name]
+    module = factory()
+    kind = layer_kind(module)
+    state = _state(module, 1, side)
+    full = kind.output(module, state).detach()
+    weight = torch.zeros(1, 12, 12)
+    weight[:, 3:8, 2:9] = 1.0
+    goal = Goal(state=state, target=full + torch.randn_like(full), weight=weight)
+    direction, _ = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))
+    options = dict(steps=25, project_every=5, patience=100, progress=False)
+    lam_crop = solve_projected(kind, module, goal, direction, **options)
+    whole_map = goal_l1(kind, module, goal, crop=False)
+    lam_full = solve_projected(kind, module, goal, direction, loss_fn=whole_map, **options)
+    assert lam_full.abs().max() > 0
+    torch.testing.assert_close(lam_crop, lam_full, rtol=1e-3, atol=1e-4 * float(lam_full.abs().max()))

@@ -30,6 +30,7 @@ reproduces the request exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import operator
@@ -59,6 +60,7 @@ from .context import (
 )
 from .delta import LayerDelta, RuleDelta
 from .layers import layer_kind
+from .runcache import RunCache
 from .solve import CODE_OPTIONS, SOLVERS
 from .stats import KeyStats, compute_stats, model_sha256
 
@@ -74,6 +76,23 @@ SPEC_VERSION = 1
 class _Painted:
     seed: int
     mask: Tensor  # (H, W) float32, quantised to 1/255
+
+
+def reusing_runs(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a :class:`Rewriter` method with the request's :class:`RunCache` active: the layer runs of its
+    samples (context, copy, paste, erase) are made once and reused by later calls — a second solve with
+    another rank, region, mask or method runs no forward pass — until the generator's weights or active
+    rules change (then they are made again). Seeds are part of the key, so new samples are always run."""
+
+    @functools.wraps(method)
+    def wrapper(self: Rewriter, *args: Any, **kwargs: Any) -> Any:
+        runs = self.__dict__.get("_runs")
+        if runs is None:  # a subclass that skipped __init__
+            return method(self, *args, **kwargs)
+        with runs.active(self.G):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Rewriter:
@@ -130,6 +149,7 @@ class Rewriter:
         self.paste: tuple[int, Tensor | tuple[int, int]] | None = None
         self.erase: tuple[_Painted, list[int] | None] | None = None
         self.region = "mask"
+        self._runs = RunCache()  # layer runs kept between solves (see `reusing_runs`)
 
     # ----- statistics --------------------------------------------------------------------------
     def compute_stats(self, n: int = 1000, batch_size: int | None = None, *, seed: int = 0, **kwargs: Any) -> KeyStats:
@@ -225,6 +245,7 @@ class Rewriter:
         return quantize_mask(as_mask(mask, self.G.resolution, name=name))
 
     # ----- derived quantities ------------------------------------------------------------------
+    @reusing_runs
     def goal(self) -> Goal:
         """The target output of the layer for the request.
 
@@ -248,6 +269,7 @@ class Rewriter:
             truncation=self.truncation,
         )
 
+    @reusing_runs
     def context_keys(self) -> tuple[Tensor, Tensor]:
         """All context keys ``(m, I)`` float64 and their area weights ``(m,)``.
 
@@ -324,6 +346,7 @@ class Rewriter:
 
         return render
 
+    @reusing_runs
     def solve(self, rank: int = 1, method: str = "closed_form", **solver_kwargs: Any) -> RuleDelta:
         """Solve the request for ``Λ`` with ``D`` from the context, and package it as a rule.
 

@@ -220,7 +220,10 @@ def solve_projected(
         value_t = loss_fn(weight)
         # Only the edited weight's gradient: a loss through the rest of the generator must not fill the
         # `.grad` of the model's own parameters.
-        (weight.grad,) = torch.autograd.grad(value_t, [weight])
+        (grad,) = torch.autograd.grad(value_t, [weight])
+        # Fused Adam reads the gradient as laid out like the weight: a transposed one (a cropped
+        # ConvTranspose2d's) would be silently misread.
+        weight.grad = grad if grad.stride() == weight.stride() else grad.contiguous()
         optimizer.step()
         if (step + 1) % project_every == 0:
             project()
