@@ -9,7 +9,7 @@ from torch import nn
 from gan_rewrite.models.base import LayerState
 from gan_rewrite.models.stylegan2 import ModulatedConv2d
 from gan_rewrite.rewrite.context import Goal
-from gan_rewrite.rewrite.crop import layer_crop, weight_box
+from gan_rewrite.rewrite.crop import goal_output, layer_crop, weight_box
 from gan_rewrite.rewrite.layers import layer_kind
 from gan_rewrite.rewrite.solve import goal_l1, solve_projected
 
@@ -121,3 +121,22 @@ def test_projected_solver_with_the_crop_follows_the_whole_map_path(name: str) ->
     lam_full = solve_projected(kind, module, goal, direction, loss_fn=whole_map, **options)
     assert lam_full.abs().max() > 0
     torch.testing.assert_close(lam_crop, lam_full, rtol=1e-3, atol=1e-4 * float(lam_full.abs().max()))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_goal_output_is_exact_at_the_goal_locations(name: str) -> None:
+    """What solve_closed_form's residuals read: the output on the goal's box, zero only where weight is 0."""
+    factory, side = LAYERS[name]
+    module = factory()
+    kind = layer_kind(module)
+    state = _state(module, 2, side)
+    weight = torch.zeros(2, 12, 12)
+    weight[0, 2:5, 3:7] = 0.5
+    weight[1, 8:11, 1:3] = 1.0
+    goal = Goal(state=state, target=torch.zeros(2, 5, 12, 12), weight=weight)
+    edited = module.weight.detach() + 0.1 * torch.randn_like(module.weight)
+    full = kind.output(module, state, edited).detach()
+    got = goal_output(kind, module, goal)(edited).detach()
+    assert got.shape == full.shape
+    inside = (weight > 0)[:, None].expand_as(full)
+    torch.testing.assert_close(got[inside], full[inside], rtol=1e-5, atol=1e-5)

@@ -30,6 +30,7 @@ from .layers import Conv2dKind, ConvTranspose2dKind, LayerKind, ModulatedConv2dK
 
 if TYPE_CHECKING:
     from ..models.base import LayerState
+    from .context import Goal
 
 Span = tuple[int, int]  # [start, stop) along one axis, in a stage's full coordinates
 
@@ -366,3 +367,23 @@ def weight_box(weight: Tensor) -> tuple[int, int, int, int] | None:
     if rows.numel() == 0:
         return None
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def goal_output(kind: LayerKind, module: nn.Module, goal: Goal) -> Callable[[Tensor], Tensor]:
+    """``weight → output (N, O, H, W)``, exact wherever ``goal.weight > 0``: computed on the goal's box only
+    (:class:`LayerCrop`) and zero elsewhere, or on the whole map when the layer cannot be cropped.
+
+    For solvers that read the output only at the goal's locations (``solve_closed_form``'s residuals).
+    """
+    box = weight_box(goal.weight)
+    cropped = layer_crop(kind, module, goal.state, box) if box is not None else None
+    if cropped is None:
+        return lambda weight: kind.output(module, goal.state, weight)
+    top, left, bottom, right = box
+    height, width = goal.weight.shape[-2:]
+
+    def output(weight: Tensor) -> Tensor:
+        inside = cropped.output(weight)
+        return F.pad(inside, (left, int(width) - right, top, int(height) - bottom))
+
+    return output

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import RuleError
 from .context import Goal
-from .crop import layer_crop, weight_box
+from .crop import goal_output, layer_crop, weight_box
 from .layers import LayerKind
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,13 @@ def solve_closed_form(
         target = goal.target.to(design.device, torch.float64)
         out_ch, _, kh, kw = kind.shape(weight0)
         lam = torch.zeros(out_ch, direction.shape[1], kh, kw, dtype=torch.float64, device=design.device)
+        evaluate = goal_output(kind, module, goal)  # the layer on the goal's box only (rewrite/crop.py)
         for step in range(1 + max(0, refine)):
             weight = weight0 + kind.delta_weight(direction.to(lam), lam).to(weight0)
             gain = kind.gain(module, goal.state, weight)
             if step > 0 and not isinstance(gain, Tensor):
                 break  # a layer without gain is solved exactly by the first step
-            residual = target - kind.output(module, goal.state, weight).to(torch.float64)
+            residual = target - evaluate(weight).to(torch.float64)  # exact at the goal's locations
             residual = residual / (gain.to(torch.float64) if isinstance(gain, Tensor) else gain)  # (N, O, H, W)
             b = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1])[keep]  # (M, O)
             update = torch.cholesky_solve(a.T @ (w[:, None] * b), factor)  # (q, O)
