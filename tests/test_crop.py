@@ -46,8 +46,9 @@ LAYERS = {
 BOXES = [(3, 4, 7, 9), (0, 0, 3, 5), (6, 2, 12, 12), (0, 0, 12, 12), (11, 0, 12, 1), (5, 5, 6, 6)]
 
 
+@pytest.mark.parametrize("factored", [False, True], ids=["design", "factored"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_cropped_output_loss_and_gradient_equal_the_full_ones(name: str) -> None:
+def test_cropped_output_loss_and_gradient_equal_the_full_ones(name: str, factored: bool) -> None:
     torch.manual_seed(0)
     factory, side = LAYERS[name]
     module = factory()
@@ -57,17 +58,27 @@ def test_cropped_output_loss_and_gradient_equal_the_full_ones(name: str) -> None
     assert full.shape[-2:] == (12, 12), full.shape
     for box in BOXES:
         top, left, bottom, right = box
-        crop = layer_crop(kind, module, state, box)
-        assert crop is not None
+        crop = layer_crop(kind, module, state, box, factored=factored)
+        assert crop is not None and crop.factored == factored
         # Output: equal to the full map's box.
         torch.testing.assert_close(crop.output(module.weight).detach(), full[..., top:bottom, left:right],
                                    rtol=1e-5, atol=1e-5)
-        # Loss and gradient of the goal L1, with soft weights inside the box only.
+        # Loss and gradient, through the same product.
         weight = torch.zeros(2, 12, 12)
         weight[:, top:bottom, left:right] = torch.rand(2, bottom - top, right - left) + 0.1
         target = full + torch.randn_like(full)
-        goal = Goal(state=state, target=target, weight=weight)
         w = (module.weight.detach() + 0.05 * torch.randn_like(module.weight)).requires_grad_(True)
+        value_full = ((kind.output(module, state, w) - target).abs() * weight[:, None]).sum()
+        (grad_full,) = torch.autograd.grad(value_full, [w])
+        value_crop = ((crop.output(w) - target[..., top:bottom, left:right]).abs()
+                      * weight[:, None, top:bottom, left:right]).sum()
+        (grad_crop,) = torch.autograd.grad(value_crop, [w])
+        torch.testing.assert_close(value_crop, value_full, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_crop, grad_full, rtol=1e-4, atol=1e-6 * float(grad_full.abs().max()))
+        if factored:
+            continue
+        # Loss and gradient of the goal L1 (its automatic choice of product), soft weights in the box only.
+        goal = Goal(state=state, target=target, weight=weight)
         value_full = goal_l1(kind, module, goal, crop=False)(w)
         (grad_full,) = torch.autograd.grad(value_full, [w])
         value_crop = goal_l1(kind, module, goal)(w)

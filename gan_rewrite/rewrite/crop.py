@@ -100,11 +100,15 @@ def window(x: Tensor, origin: tuple[int, int], want: tuple[Span, Span], length: 
 class LayerCrop:
     """The layer's output on one output box, evaluated from the keys in that box's reach only.
 
-    The box's output is linear in the weight with one small matrix ``M`` ``(I·kh·kw, N·box)`` shared by
-    every output channel (the *design* of the window's keys, like ``LayerKind.design`` with ``D = I``).
-    ``M`` is built once, by running the stages on the key window one input channel at a time; every
-    evaluation is then one matrix product with the weight as it lies in memory, ``(O, I·kh·kw) @ M``,
-    times the gain, plus the bias.
+    The box's output is linear in the weight, and is computed as one of two matrix products, whichever
+    needs fewer multiplications (both are built once, by running the stages on one-hot inputs):
+
+    * ``design``: ``(O, I·taps) @ M`` with ``M`` ``(I·taps, N·box)`` the window keys' design (as
+      ``LayerKind.design`` with ``D = I``), the weight read as it lies in memory. Best when the box has
+      fewer locations than its key window (convolutions).
+    * ``factored``: per output channel ``W_oᵀ (taps, I) @ K (I, X)`` over the ``X`` window keys, then the
+      geometry ``T`` ``(taps·X, box)`` (where each key location and kernel tap lands in the box, through
+      the stride and the blur). Best for upsampling layers, whose key window has ~¼ of the box's locations.
 
     Args:
         kind, module: the layer.
@@ -113,12 +117,12 @@ class LayerCrop:
         stages: per axis (rows, columns), the chain of stages (the first one carries the weight).
         first: ``(window keys, weight (O, I, kh, kw)) → first stage's output``, run without padding.
         rest: the fixed stages after the first, run without padding (e.g. the blur).
-        matrix: ``weight (module layout) → (O, I·kh·kw)``, a view where the layout allows.
-        key_scale: a constant folded into ``M`` (StyleGAN2's equalised-lr scale, which would otherwise
+        rows: ``weight (module layout) → (O, I, taps)``, a view where the layout allows.
+        key_scale: a constant folded into the keys (StyleGAN2's equalised-lr scale, which would otherwise
             multiply the whole weight at every evaluation).
-        gain: ``weight → gain``, replacing ``kind.gain(module, state, weight)`` (same value).
-        style2: StyleGAN2's demodulation instead: ``scale² · s²`` ``(N, I)``, the gain being
-            ``rsqrt(style2 · Σ_ab W² + 1e-8)`` (:class:`_DemodulatedBox`).
+        style2: StyleGAN2's demodulation: ``scale² · s²`` ``(N, I)``, the gain being
+            ``rsqrt(style2 · Σ_ab W² + 1e-8)`` (:class:`_Demodulation`); otherwise ``kind.gain``.
+        factored: force one of the two products (default: the one with fewer multiplications).
     """
 
     def __init__(
@@ -130,15 +134,14 @@ class LayerCrop:
         stages: tuple[list[Stage], list[Stage]],
         first: Callable[[Tensor, Tensor], Tensor],
         rest: list[Callable[[Tensor], Tensor]],
-        matrix: Callable[[Tensor], Tensor],
+        rows: Callable[[Tensor], Tensor],
         *,
         key_scale: float = 1.0,
-        gain: Callable[[Tensor], Tensor | float] | None = None,
         style2: Tensor | None = None,
+        factored: bool | None = None,
     ) -> None:
         self.kind, self.module, self.state, self.box = kind, module, state, box
-        self.stages, self.first, self.rest, self.matrix = stages, first, rest, matrix
-        self._gain = gain
+        self.stages, self.first, self.rest, self.rows = stages, first, rest, rows
         self._style2 = style2
         top, left, bottom, right = box
         # Backwards: the wanted span at every stage's output, then the keys' span.
@@ -148,14 +151,25 @@ class LayerCrop:
             self.wants.insert(0, tuple(stages[axis][depth].reach(spans[axis]) for axis in (0, 1)))  # type: ignore[misc]
         with torch.no_grad():
             keys = kind.keys(module, state).detach()
-            self.keys = window(keys, (0, 0), self.wants[0], (int(keys.shape[-2]), int(keys.shape[-1])))
-            n, in_ch, kh, kw = self.keys.shape[0], self.keys.shape[1], *kind.shape(module.weight)[2:]
-            taps = kh * kw
-            # One input channel at a time, each tap of the kernel its own output channel: (N·I, kh·kw, bh, bw).
-            basis = torch.eye(taps, dtype=self.keys.dtype, device=self.keys.device).reshape(taps, 1, kh, kw)
-            design = self.run(self.keys.reshape(n * in_ch, 1, *self.keys.shape[-2:]), basis)
-            design = design.reshape(n, in_ch * taps, -1).permute(1, 0, 2)  # (I·kh·kw, N, bh·bw)
-            self.design = (design.reshape(in_ch * taps, -1) * key_scale).contiguous()  # M
+            keys = window(keys, (0, 0), self.wants[0], (int(keys.shape[-2]), int(keys.shape[-1]))) * key_scale
+            self.keys = keys
+            n, in_ch, kh, kw = keys.shape[0], keys.shape[1], *kind.shape(module.weight)[2:]
+            taps, located = kh * kw, keys.shape[-2] * keys.shape[-1]
+            self.size = (bottom - top) * (right - left)
+            basis = torch.eye(taps, dtype=keys.dtype, device=keys.device).reshape(taps, 1, kh, kw)
+            cheaper = in_ch * located + located * self.size < in_ch * self.size  # multiplications per O·taps·N
+            self.factored = cheaper if factored is None else factored
+            if self.factored:
+                # T: each tap and window location (one-hot), through the stages: (taps·X, box).
+                one_hot = torch.eye(located, dtype=keys.dtype, device=keys.device).reshape(located, 1, *keys.shape[-2:])
+                geometry = self.run(one_hot, basis).reshape(located, taps, self.size).transpose(0, 1)
+                self.geometry = geometry.reshape(taps * located, self.size).contiguous()
+                self.keys_flat = keys.reshape(n, 1, in_ch, located).contiguous()  # (N, 1, I, X)
+            else:
+                # M: one input channel at a time, each tap its own output channel: (N·I, taps, bh, bw).
+                design = self.run(keys.reshape(n * in_ch, 1, *keys.shape[-2:]), basis)
+                design = design.reshape(n, in_ch * taps, self.size).permute(1, 0, 2)  # (I·taps, N, box)
+                self.design = design.reshape(in_ch * taps, -1).contiguous()
 
     @property
     def key_box(self) -> tuple[int, int, int, int]:
@@ -175,54 +189,59 @@ class LayerCrop:
             x = window(x, origin, self.wants[depth + 1], (rows.length, cols.length))
         return x
 
+    def _linear(self, weight: Tensor) -> Tensor:
+        """``kind.linear`` on the box as ``(N, O, box)``."""
+        n = self.keys.shape[0]
+        if self.factored:
+            rows = self.rows(weight).to(self.keys_flat.dtype)  # (O, I, taps)
+            per_tap = rows.transpose(1, 2) @ self.keys_flat  # (N, O, taps, X): one small product per channel
+            return per_tap.reshape(n, rows.shape[0], -1) @ self.geometry  # (N, O, box)
+        rows = self.rows(weight)
+        flat = rows.reshape(rows.shape[0], -1).to(self.design.dtype) @ self.design  # (O, N·box)
+        return flat.reshape(flat.shape[0], n, self.size).transpose(0, 1)
+
     def linear(self, weight: Tensor) -> Tensor:
         """``kind.linear`` on the box, for a weight in the module's layout: ``(N, O, bh, bw)``."""
         top, left, bottom, right = self.box
-        flat = self.matrix(weight).to(self.design.dtype) @ self.design  # (O, N·bh·bw)
-        return flat.reshape(flat.shape[0], -1, bottom - top, right - left).transpose(0, 1)
+        lin = self._linear(weight)
+        return lin.reshape(*lin.shape[:2], bottom - top, right - left)
 
     def output(self, weight: Tensor) -> Tensor:
         """``kind.output(module, state, weight)[..., top:bottom, left:right]``, exactly (to float rounding)."""
         top, left, bottom, right = self.box
-        if self._style2 is not None:  # demodulated: linear and gain in one autograd node
-            flat = _DemodulatedBox.apply(self.matrix(weight), self.design, self._style2.to(self.design))
-            out = flat.reshape(flat.shape[0], flat.shape[1], bottom - top, right - left)
+        lin = self._linear(weight)
+        if self._style2 is not None:
+            out = _Demodulation.apply(self.rows(weight), self._style2.to(lin))[:, :, None] * lin
         else:
-            gain = self._gain(weight) if self._gain is not None else self.kind.gain(self.module, self.state, weight)
-            out = gain * self.linear(weight)
+            out = self.kind.gain(self.module, self.state, weight) * lin[..., None]
+        out = out.reshape(*lin.shape[:2], bottom - top, right - left)
         bias = getattr(self.module, "bias", None)
         if isinstance(bias, Tensor):
             out = out + bias.view(1, -1, 1, 1)
         return out
 
 
-class _DemodulatedBox(torch.autograd.Function):
-    """``rsqrt(s² · Σ_ab W² + 1e-8) ⊙ (W M)`` for a weight matrix ``W`` ``(O, I·taps)``: ``(N, O, P)``.
+class _Demodulation(torch.autograd.Function):
+    """StyleGAN2's demodulation ``rsqrt(s² · Σ_ab W² + 1e-8)`` ``(N, O)`` for ``W`` as ``(O, I·taps)``.
 
-    Its backward writes the weight's gradient in one ``addmm`` on top of the demodulation's term, two
-    passes over the weight instead of the five or so autograd takes for the same expression.
+    One pass over the weight forward (a norm, no squared copy) and one backward (the gradient
+    ``2 W ⊙ ∂L/∂energy``), where autograd's own graph takes about four.
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, design: Tensor, style2: Tensor) -> Tensor:  # noqa: D102
-        out_ch, samples = flat.shape[0], style2.shape[0]
-        rows = flat.reshape(out_ch, style2.shape[1], -1)  # (O, I, taps)
-        energy = torch.linalg.vecdot(rows, rows)  # (O, I)
+    def forward(ctx, flat: Tensor, style2: Tensor) -> Tensor:  # noqa: D102
+        rows = flat.reshape(flat.shape[0], style2.shape[1], -1)  # (O, I, taps)
+        energy = torch.linalg.vector_norm(rows, dim=2).square()  # (O, I)
         gain = torch.rsqrt(style2 @ energy.T + 1e-8)  # (N, O)
-        lin = (flat @ design).reshape(out_ch, samples, -1).transpose(0, 1)  # (N, O, P)
-        ctx.save_for_backward(flat, design, style2, gain, lin)
-        return gain[:, :, None] * lin
+        ctx.save_for_backward(flat, style2, gain)
+        return gain
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
-        flat, design, style2, gain, lin = ctx.saved_tensors
-        out_ch = flat.shape[0]
-        grad_lin = (grad * gain[:, :, None]).transpose(0, 1).reshape(out_ch, -1)  # (O, N·P)
-        grad_gain = (grad * lin).sum(2)  # (N, O)
-        grad_energy = (-0.5 * gain.pow(3) * grad_gain).T @ style2  # (O, I)
-        rows = flat.reshape(out_ch, style2.shape[1], -1)
-        term = (rows * (2 * grad_energy)[:, :, None]).reshape(out_ch, -1)
-        return torch.addmm(term, grad_lin, design.T), None, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        flat, style2, gain = ctx.saved_tensors
+        grad_energy = (-0.5 * gain.pow(3) * grad).T @ style2  # (O, I)
+        rows = flat.reshape(flat.shape[0], style2.shape[1], -1)
+        return (rows * (2 * grad_energy)[:, :, None]).reshape(flat.shape), None
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -230,9 +249,18 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 
 
 def layer_crop(
-    kind: LayerKind, module: nn.Module, state: LayerState, box: tuple[int, int, int, int]
+    kind: LayerKind,
+    module: nn.Module,
+    state: LayerState,
+    box: tuple[int, int, int, int],
+    *,
+    factored: bool | None = None,
 ) -> LayerCrop | None:
-    """A :class:`LayerCrop` of the layer on ``box``, or ``None`` when this layer cannot be cropped exactly."""
+    """A :class:`LayerCrop` of the layer on ``box``, or ``None`` when this layer cannot be cropped exactly.
+
+    Args:
+        factored: passed to :class:`LayerCrop` (default: the cheaper product).
+    """
     keys = kind.keys(module, state)
     h, w = int(keys.shape[-2]), int(keys.shape[-1])
     if isinstance(kind, ConvTranspose2dKind) and isinstance(module, nn.ConvTranspose2d):
@@ -255,10 +283,10 @@ def layer_crop(
         def first(x: Tensor, weight: Tensor) -> Tensor:
             return F.conv_transpose2d(x, weight.transpose(0, 1), None, stride, 0, 0, 1, dil)
 
-        def matrix(weight: Tensor) -> Tensor:
-            return weight.transpose(0, 1).reshape(weight.shape[1], -1)  # (I, O, kh, kw) → (O, I·kh·kw), a copy
+        def rows(weight: Tensor) -> Tensor:
+            return weight.flatten(2).transpose(0, 1)  # (I, O, kh, kw) → (O, I, kh·kw), a strided view
 
-        return LayerCrop(kind, module, state, box, stages, first, [], matrix)  # type: ignore[arg-type]
+        return LayerCrop(kind, module, state, box, stages, first, [], rows, factored=factored)  # type: ignore[arg-type]
     if isinstance(kind, Conv2dKind) and isinstance(module, nn.Conv2d) and not isinstance(module.padding, str):
         size, stride, pad, dil = (
             _pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation)
@@ -280,15 +308,15 @@ def layer_crop(
         def first(x: Tensor, weight: Tensor) -> Tensor:
             return F.conv2d(x, weight, None, stride, 0, dil)
 
-        def matrix(weight: Tensor) -> Tensor:
-            return weight.reshape(weight.shape[0], -1)
+        def rows(weight: Tensor) -> Tensor:
+            return weight.flatten(2)  # (O, I, kh·kw), a view
 
-        return LayerCrop(kind, module, state, box, stages, first, [], matrix)  # type: ignore[arg-type]
+        return LayerCrop(kind, module, state, box, stages, first, [], rows, factored=factored)  # type: ignore[arg-type]
     if isinstance(kind, ModulatedConv2dKind) and not getattr(module, "downsample", False):
         size = int(module.weight.shape[-1])
 
-        def modconv_matrix(weight: Tensor) -> Tensor:
-            return weight.reshape(weight.shape[1], -1)  # (1, O, I, k, k) → (O, I·k·k), a view
+        def modconv_rows(weight: Tensor) -> Tensor:
+            return weight[0].flatten(2)  # (1, O, I, k, k) → (O, I, k·k), a view
 
         if getattr(module, "upsample", False):
             blur = getattr(module, "blur", None)
@@ -324,8 +352,9 @@ def layer_crop(
                 (stages_list[0], stages_list[1]),
                 first,
                 [blur_fn],
-                modconv_matrix,
+                modconv_rows,
                 **_modconv_extras(kind, module, state),
+                factored=factored,
             )
         pad = int(getattr(module, "padding", size // 2))
         stages = tuple([Stage("conv", size, 1, pad, 1, conv_length(n, size, 1, pad, pad, 1))] for n in (h, w))
@@ -341,8 +370,9 @@ def layer_crop(
             stages,
             first,
             [],
-            modconv_matrix,
+            modconv_rows,
             **_modconv_extras(kind, module, state),  # type: ignore[arg-type]
+            factored=factored,
         )
     return None
 
@@ -355,7 +385,7 @@ def _modconv_extras(kind: LayerKind, module: nn.Module, state: LayerState) -> di
     """
     scale = float(_modconv_scale(module, module.weight))
     if not getattr(module, "demodulate", True):
-        return {"key_scale": scale, "gain": lambda weight: 1.0}
+        return {"key_scale": scale}
     return {"key_scale": scale, "style2": state.style.detach().pow(2) * scale**2}
 
 
