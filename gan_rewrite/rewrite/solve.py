@@ -6,8 +6,9 @@
   value for ``W₀`` (the residual is divided by it), which is exact for the original weight and a
   first-order approximation after the edit.
 * :func:`solve_projected` — the paper's procedure: Adam on the full weight, with an L1 loss on the
-  layer output (``loss="layer"``), on the final image (``loss="image"``: the edited layer's output is run
-  through the rest of the generator by a ``render`` callable), or any ``loss_fn`` you pass, projecting
+  layer output (``loss="layer"``, evaluated exactly on the goal's bounding box only, :mod:`.crop`), on
+  the final image (``loss="image"``: the edited layer's output is run through the rest of the generator
+  by a ``render`` callable), or any ``loss_fn`` you pass, projecting
   ``W − W₀`` onto span ``D`` every few steps. Slower; exact for demodulation, allows non-quadratic losses
   and losses measured further down the network.
 """
@@ -129,6 +130,13 @@ def goal_image_l1(
 
     The target is ``render(V*)``, the images the goal's target output produces; the goal's location
     weights are brought to the image resolution by bilinear interpolation.
+
+    Not cropped (unlike :func:`goal_l1`): the weighted image pixels depend on the edited layer's output
+    through every later layer, so an exact crop would have to run the rest of the generator on a window
+    (with each later layer's reach, noise and skip inputs cut to match), which ``render`` — the
+    generator's own ``forward_from`` — does not offer. Evaluating only this layer on a window and the rest
+    on the whole map would save little: at StyleGAN2's ``layer8`` the later layers cost several times
+    more than the layer itself.
     """
     with torch.no_grad():
         target = render(goal.target.detach()).detach()
