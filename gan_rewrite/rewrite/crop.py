@@ -399,21 +399,16 @@ def weight_box(weight: Tensor) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def goal_output(kind: LayerKind, module: nn.Module, goal: Goal) -> Callable[[Tensor], Tensor]:
-    """``weight → output (N, O, H, W)``, exact wherever ``goal.weight > 0``: computed on the goal's box only
-    (:class:`LayerCrop`) and zero elsewhere, or on the whole map when the layer cannot be cropped.
+def goal_window(kind: LayerKind, module: nn.Module, goal: Goal) -> tuple[slice, slice, Callable[[Tensor], Tensor]]:
+    """The goal's bounding box and the layer evaluated on it: ``(rows, cols, weight → output[..., rows, cols])``.
 
-    For solvers that read the output only at the goal's locations (``solve_closed_form``'s residuals).
+    Every location with positive goal weight lies in the box, so a solver that reads the output only there
+    (``solve_closed_form``'s residuals) can work on the box alone. The whole map when the layer cannot be
+    cropped or the goal has no positive weight.
     """
     box = weight_box(goal.weight)
     cropped = layer_crop(kind, module, goal.state, box) if box is not None else None
     if cropped is None:
-        return lambda weight: kind.output(module, goal.state, weight)
+        return slice(None), slice(None), lambda weight: kind.output(module, goal.state, weight)
     top, left, bottom, right = box
-    height, width = goal.weight.shape[-2:]
-
-    def output(weight: Tensor) -> Tensor:
-        inside = cropped.output(weight)
-        return F.pad(inside, (left, int(width) - right, top, int(height) - bottom))
-
-    return output
+    return slice(top, bottom), slice(left, right), cropped.output

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import RuleError
 from .context import Goal
-from .crop import goal_output, layer_crop, weight_box
+from .crop import goal_window, layer_crop, weight_box
 from .layers import LayerKind
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def solve_closed_form(
     with torch.no_grad():
         weight0 = module.weight.detach()
         keys = kind.keys(module, goal.state).to(torch.float64)
-        design = kind.design(module, keys, direction)  # (N, q, H, W)
-        w = goal.weight.to(design.device, torch.float64).reshape(-1)  # (N·H·W,)
+        rows, cols, evaluate = goal_window(kind, module, goal)  # the goal's box only (rewrite/crop.py)
+        design = kind.design(module, keys, direction)[..., rows, cols]  # (N, q, H, W) on the box
+        w = goal.weight[..., rows, cols].to(design.device, torch.float64).reshape(-1)  # (N·H·W,)
         keep = w > 0
         a = design.permute(0, 2, 3, 1).reshape(-1, design.shape[1])[keep]  # (M, q)
         w = w[keep]
@@ -73,16 +74,15 @@ def solve_closed_form(
                 "the goal does not determine Λ (singular normal equations); use `ridge` > 0 or a goal "
                 "region that the context keys reach."
             )
-        target = goal.target.to(design.device, torch.float64)
+        target = goal.target[..., rows, cols].to(design.device, torch.float64)
         out_ch, _, kh, kw = kind.shape(weight0)
         lam = torch.zeros(out_ch, direction.shape[1], kh, kw, dtype=torch.float64, device=design.device)
-        evaluate = goal_output(kind, module, goal)  # the layer on the goal's box only (rewrite/crop.py)
         for step in range(1 + max(0, refine)):
             weight = weight0 + kind.delta_weight(direction.to(lam), lam).to(weight0)
             gain = kind.gain(module, goal.state, weight)
             if step > 0 and not isinstance(gain, Tensor):
                 break  # a layer without gain is solved exactly by the first step
-            residual = target - evaluate(weight).to(torch.float64)  # exact at the goal's locations
+            residual = target - evaluate(weight).to(torch.float64)
             residual = residual / (gain.to(torch.float64) if isinstance(gain, Tensor) else gain)  # (N, O, H, W)
             b = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1])[keep]  # (M, O)
             update = torch.cholesky_solve(a.T @ (w[:, None] * b), factor)  # (q, O)
