@@ -241,7 +241,7 @@ def bench_solve_reuse(G, device, stats, reps):
     rw.set_paste(15, (32, -24), region="box")
     t_region = median_time(lambda: rw.solve(rank=1), device, reps, warmup=0)
     return dict(t_first=statistics.median(firsts), t_rank=t_rank, t_region=t_region,
-                hits=rw._runs.hits, misses=rw._runs.misses)
+                hits=rw.runs.hits, misses=rw.runs.misses)
 
 
 # ----- 1b. statistics against the bare forward pass (issue 9, item 7) ----------------------------------

@@ -125,3 +125,17 @@ def test_run_layer_outside_a_request_is_not_cached(G, forwards) -> None:
         assert run_layer(G, "layer3", [1]) is not first
         assert run_layer(G, "layer3", [1], truncation=0.5) is not first  # truncation is part of the key
     assert forwards == [(1,), (2,), (1,), (1,)]
+
+
+def test_rewriters_of_one_model_can_share_their_runs(G, forwards) -> None:
+    """An app that makes a new Rewriter per click keeps the runs by handing each the same RunCache."""
+    stats = compute_stats(G, "layer3", n=16, use_cache=False, progress=False)
+    shared = RunCache()
+    first = request(G, stats)
+    first.runs = shared
+    lam = first.solve().layers["layer3"].lam
+    forwards.clear()
+    second = request(G, stats)
+    second.runs = shared
+    assert torch.equal(second.solve().layers["layer3"].lam, lam)
+    assert forwards == []

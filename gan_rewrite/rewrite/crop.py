@@ -10,7 +10,8 @@ and its result is cut to the next window, with zeros wherever that window lies o
 map — exactly the zeros the full computation pads with there. So the cropped output equals the full
 output inside the box: the same products summed, only the order of summation may differ (float
 rounding), and so do the loss and its gradient with respect to the weight (the demodulation gain depends
-on the weight and styles only, not on positions).
+on the weight and styles only, not on positions). The stages run once, on one-hot inputs, to build the
+small matrices that :class:`LayerCrop` multiplies the weight with at every evaluation.
 
 :func:`layer_crop` returns ``None`` for a layer it does not know how to crop (a module with a custom
 ``rewrite_layout``, a string ``padding``); callers then evaluate the whole map.
@@ -222,7 +223,7 @@ class LayerCrop:
 
 
 class _Demodulation(torch.autograd.Function):
-    """StyleGAN2's demodulation ``rsqrt(s² · Σ_ab W² + 1e-8)`` ``(N, O)`` for ``W`` as ``(O, I·taps)``.
+    """StyleGAN2's demodulation ``rsqrt(s² · Σ_ab W² + 1e-8)`` ``(N, O)`` for ``W`` as ``(O, I, taps)``.
 
     One pass over the weight forward (a norm, no squared copy) and one backward (the gradient
     ``2 W ⊙ ∂L/∂energy``), where autograd's own graph takes about four.

@@ -86,7 +86,7 @@ def reusing_runs(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: Rewriter, *args: Any, **kwargs: Any) -> Any:
-        runs = self.__dict__.get("_runs")
+        runs = self.__dict__.get("runs")
         if runs is None:  # a subclass that skipped __init__
             return method(self, *args, **kwargs)
         with runs.active(self.G):
@@ -149,7 +149,7 @@ class Rewriter:
         self.paste: tuple[int, Tensor | tuple[int, int]] | None = None
         self.erase: tuple[_Painted, list[int] | None] | None = None
         self.region = "mask"
-        self._runs = RunCache()  # layer runs kept between solves (see `reusing_runs`)
+        self.runs = RunCache()  # layer runs kept between solves (`reusing_runs`); Rewriters may share one
 
     # ----- statistics --------------------------------------------------------------------------
     def compute_stats(self, n: int = 1000, batch_size: int | None = None, *, seed: int = 0, **kwargs: Any) -> KeyStats:
