@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import RuleError
 from .layers import LayerKind, keys_matrix, layer_kind
+from .runcache import active_cache
 
 if TYPE_CHECKING:
     from ..models.base import GANGenerator, LayerState
@@ -152,12 +153,23 @@ class LayerRun:
 
 @torch.no_grad()
 def run_layer(G: GANGenerator, layer: str, seeds: Sequence[int], truncation: float | None = None) -> LayerRun:
-    """Run ``G`` up to ``layer`` for ``seeds`` and evaluate the layer once (nothing after it)."""
+    """Run ``G`` up to ``layer`` for ``seeds`` and evaluate the layer once (nothing after it).
+
+    Inside a ``Rewriter``'s request (an active :class:`~gan_rewrite.rewrite.runcache.RunCache`) a run
+    already made on the unchanged generator is returned instead; treat the result as read-only.
+    """
+    seeds = [int(s) for s in seeds]
+    cache = active_cache()
+    key = (id(G), layer, tuple(seeds), None if truncation is None else float(truncation))
+    if cache is not None and (stored := cache.get(key)) is not None:
+        return stored
     module = G.layer_module(layer)
     kind = layer_kind(module)
-    seeds = [int(s) for s in seeds]
     state = G.forward_to(layer, G.make_latents(seeds), truncation, noise=G.make_noise(seeds))
-    return LayerRun(state=state, keys=kind.keys(module, state), output=kind.output(module, state))
+    run = LayerRun(state=state, keys=kind.keys(module, state), output=kind.output(module, state))
+    if cache is not None:
+        cache.put(key, run)
+    return run
 
 
 # ----- context ---------------------------------------------------------------------------------

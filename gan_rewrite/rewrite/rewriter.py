@@ -31,6 +31,7 @@ reproduces the request exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import operator
@@ -60,6 +61,7 @@ from .context import (
 )
 from .delta import LayerDelta, RuleDelta
 from .layers import LayerKind, layer_kind
+from .runcache import RunCache
 from .score import GeneralisationScore
 from .solve import CODE_OPTIONS, SOLVERS
 from .stats import KeyStats, compute_stats, model_sha256
@@ -89,6 +91,23 @@ in the layer output with the top 16 / 64 / 128 / 256 of layer3's 256 units made 
 class _Painted:
     seed: int
     mask: Tensor  # (H, W) float32, quantised to 1/255
+
+
+def reusing_runs(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a :class:`Rewriter` method with the request's :class:`RunCache` active: the layer runs of its
+    samples (context, copy, paste, erase) are made once and reused by later calls — a second solve with
+    another rank, region, mask or method runs no forward pass — until the generator's weights or active
+    rules change (then they are made again). Seeds are part of the key, so new samples are always run."""
+
+    @functools.wraps(method)
+    def wrapper(self: Rewriter, *args: Any, **kwargs: Any) -> Any:
+        runs = self.__dict__.get("runs")
+        if runs is None:  # a subclass that skipped __init__
+            return method(self, *args, **kwargs)
+        with runs.active(self.G):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Rewriter:
@@ -151,6 +170,7 @@ class Rewriter:
         self.erase: tuple[_Painted, list[int] | None] | None = None
         self._erase_top_units: int | str | None = None  # "default": ERASE_FRACTION of the units
         self.region = "mask"
+        self.runs = RunCache()  # layer runs kept between solves (`reusing_runs`); Rewriters may share one
 
     # ----- the layer ----------------------------------------------------------------------------
     @property
@@ -374,6 +394,7 @@ class Rewriter:
         return quantize_mask(as_mask(mask, self.G.resolution, name=name))
 
     # ----- derived quantities ------------------------------------------------------------------
+    @reusing_runs
     def goal(self) -> Goal:
         """The target output of the layer for the request.
 
@@ -452,6 +473,7 @@ class Rewriter:
                 )
         return out
 
+    @reusing_runs
     def context_keys(self) -> tuple[Tensor, Tensor]:
         """All context keys ``(m, I)`` float64 and their area weights ``(m,)``.
 
@@ -528,6 +550,7 @@ class Rewriter:
 
         return render
 
+    @reusing_runs
     def solve(self, rank: int = 1, method: str = DEFAULT_METHOD, **solver_kwargs: Any) -> RuleDelta:
         """Solve the request for ``Λ`` with ``D`` from the context, and package it as a rule.
 
