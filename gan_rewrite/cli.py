@@ -535,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_positive_int, default=None, help="port (default: gradio's, 7860)")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     demo.set_defaults(run=cmd_demo)
+
+    from .dissect.cli import add_commands as add_dissect_commands  # dissect, ablate, paint
+
+    add_dissect_commands(commands)
     return parser
 
 
