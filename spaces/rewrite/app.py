@@ -54,6 +54,9 @@ from gan_rewrite.space import (  # noqa: E402
     sample_picture,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # paint_tab.py, beside this file
+from paint_tab import build_paint_tab  # noqa: E402
+
 try:  # ZeroGPU Spaces: functions that need the GPU are decorated; elsewhere a no-op
     import spaces
 except ImportError:
@@ -528,6 +531,7 @@ def build_demo(
         add_context_button.click(add_context, context_inputs, context_outputs, api_name="add_context")
         clear_contexts_button.click(clear_contexts, [model_box, session], context_outputs, api_name="clear_contexts")
         push_button.click(push, [model_box, repo_box, token_box, session], [push_md], api_name="push")
+        build_paint_tab(models=models, model_box=model_box, pictures=pictures, first_model=model, guard=refusing_bad_pictures)  # noqa: E501
     demo.queue(default_concurrency_limit=4)
     return demo
 
