@@ -166,6 +166,14 @@ def main() -> None:
                "k": args.k, "segmenter": Path(args.segmenter).name, "concepts": rows,
                "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     (out / f"dissect_toyworld_{args.layer}.json").write_text(json.dumps(summary, indent=1))
+    print("\n| concept | best IoU | removed: top-k rule (run time) / random | Δ elsewhere: top / random | "
+          "label flips elsewhere: top / random | painted: created top / random (seeds) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for concept, r in rows.items():
+        print(f"| {concept} | {r['best_iou']:.2f} | {r['top_removed']:.0%} ({r['top_rt_removed']:.0%}) / "
+              f"{r['random_removed']:.0%} | {r['top_delta_elsewhere']:.3f} / {r['random_delta_elsewhere']:.3f} | "
+              f"{r['top_flip_elsewhere']:.1%} / {r['random_flip_elsewhere']:.1%} | {r['paint_created']:.0%} / "
+              f"{r['random_paint_created']:.0%} ({r['paint_seeds']}) |")  # fmt: skip
     print(f"done in {summary['seconds']} s → {out}")
 
 

@@ -71,15 +71,16 @@ def top_units(data: dict[str, Any], concept: str, k: int) -> list[int]:
 
 
 def heatmaps(images: Tensor, acts: Tensor, threshold: float, low: float) -> Tensor:
-    """``(N, 3, H, W)`` pictures in [-1, 1]: red by activation (``low`` → 0, ``threshold`` → full), dimmed where
-    the unit does not fire."""
+    """``(N, 3, H, W)`` pictures in [-1, 1]: tinted red by activation (``low`` → none, ``threshold`` → most) where
+    the unit fires, dimmed where it does not."""
     size = images.shape[-1]
     up = F.interpolate(acts[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
     heat = ((up - low) / max(threshold - low, 1e-8)).clamp(0, 1)  # (N, 1, H, W)
     fires = (up > threshold).float()
-    pictures = (images.float() + 1) / 2 * (0.35 + 0.65 * fires)
+    pictures = (images.float() + 1) / 2 * (0.3 + 0.7 * fires)
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    mixed = pictures * (1 - 0.5 * heat) + red * 0.5 * heat
+    tint = 0.35 * heat * fires  # a light red where it fires: the sample stays visible
+    mixed = pictures * (1 - tint) + red * tint
     return mixed * 2 - 1
 
 
