@@ -7,8 +7,12 @@ eyes score low). Units of ``--layer`` are ranked by IoU with it, then the rule s
 picked by eye from 2000–2159: 10 that wear glasses, 10 that do not. Mean |Δimage| (images in [-1, 1]) inside
 the glasses band and outside it, for each group.
 
+Then GANPaint: the same top-``k`` units set to their 0.99 quantile inside the glasses band of the faces without
+glasses, vs ``k`` random units.
+
 Writes ``<out>/faces_glasses_<layer>.png`` (rows: glasses wearers before, top-k off, random-k off; then the same
-for faces without glasses) and ``<out>/dissect_faces_<layer>.json``.
+for faces without glasses), ``<out>/faces_paint_glasses_<layer>.png`` (rows: faces without glasses, top-k
+painted in the band, random-k painted) and ``<out>/dissect_faces_<layer>.json``.
 
     python benchmarks/dissect_faces.py [--layer layer3] [--k 20] [--out docs/dissect]
 """
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 import gan_rewrite as gr
-from gan_rewrite.dissect import ablation_rule, compute_quantiles, dissect
+from gan_rewrite.dissect import ablation_rule, compute_quantiles, dissect, paint
 from gan_rewrite.dissect.concepts import painted_from_json
 from gan_rewrite.imaging import image_grid, save_image
 
@@ -73,15 +77,27 @@ def main() -> None:
         report[group] = scores
         rows += [before, after_top, after_random[0]]
     save_image(image_grid(torch.cat(rows), nrow=len(WEARERS)), out / f"faces_glasses_{args.layer}.png")
+    # painting: the same units set to their 0.99 quantile inside the glasses band of the faces without glasses
+    before = G.sample(BARE)
+    painted_top = paint(G, args.layer, BARE, top, band.float(), value=q.at(0.99))
+    painted_random = [paint(G, args.layer, BARE, units, band.float(), value=q.at(0.99)) for units in randoms]
+    scores = {}
+    for label, afters in (("top", [painted_top]), ("random", painted_random)):
+        diffs = [(a - before).abs().mean(1) for a in afters]
+        scores[f"{label}_in"] = sum(float(d[:, band].mean()) for d in diffs) / len(diffs)
+        scores[f"{label}_out"] = sum(float(d[:, ~band].mean()) for d in diffs) / len(diffs)
+    report["paint_bare"] = scores
+    grid = torch.cat([before, painted_top, painted_random[0]])
+    save_image(image_grid(grid, nrow=len(BARE)), out / f"faces_paint_glasses_{args.layer}.png")
     report.update({"layer": args.layer, "k": args.k, "top_units": top,
                    "top_iou": [round(v, 4) for _, v in result.top("glasses", args.k)],
                    "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
     (out / f"dissect_faces_{args.layer}.json").write_text(json.dumps(report, indent=1))
     print(f"{args.layer}: top-{args.k} glasses units {top[:8]}… (IoU {report['top_iou'][0]:.3f} … "
           f"{report['top_iou'][-1]:.3f})")  # fmt: skip
-    for group in ("wearers", "bare"):
+    for group in ("wearers", "bare", "paint_bare"):
         s = report[group]
-        print(f"  {group:8s} top-{args.k} off: |Δ| band {s['top_in']:.3f}, outside {s['top_out']:.3f} | random: band "
+        print(f"  {group:10s} top-{args.k}: |Δ| band {s['top_in']:.3f}, outside {s['top_out']:.3f} | random: band "
               f"{s['random_in']:.3f}, outside {s['random_out']:.3f}")  # fmt: skip
     print(f"done in {report['seconds']} s → {out}")
 
