@@ -324,6 +324,10 @@ ALLOWED = {  # (file, call): why it is fine
     ("hub/rules.py", "save"): "RuleDelta.save / preview PNG into a private temporary folder for upload",
     ("hub/rules.py", "write_text"): "rule.json / README.md into a private temporary folder for upload",
     ("cli.py", "save"): "KeyStats.save / RuleDelta.save (atomic)",
+    ("dissect/cli.py", "save"): "RuleDelta.save (atomic)",
+    ("dissect/quantiles.py", "save_file"): "inside atomic_path",
+    ("dissect/quantiles.py", "save"): "UnitQuantiles.save (atomic)",
+    ("dissect/report.py", "write_text"): "inside atomic_path (index.html, dissection.json)",
 }
 
 
