@@ -1,38 +1,36 @@
-"""Which rewrite settings give the cleanest edits on the embedded DCGAN faces (METHOD.md, practical notes).
+"""Do rules carry over to the model's other images? Six frozen requests on dcgan-faces-64, 32 held-out faces each.
 
-Solves the two example requests of ``examples/make_examples.py`` (glasses on everyone; open mouths) under
-several settings — layer (layer3: 8×8 keys, layer4: 16×16 keys), rank, number of context images, the copied
-region (a band vs the object's own pixels), the goal region (``mask`` vs ``box``) and the solver (closed form;
-projected Adam with the L1 loss on the layer output, ``loss="layer"``; projected Adam with the L1 loss on the
-final image, ``loss="image"``) — and scores each rule on 64 held-out seeds (1000–1063, used by no request). No
-labels are needed because the faces are aligned (the mean face is sharp), so a fixed band says where the rule
-should act:
+The requests live in ``benchmarks/requests/*.json`` (committed before any tuning, then frozen; format in
+``benchmarks/requests/README.md``). For each request and each setting, the rule is loaded at scale 1 (the
+strength a user gets) and the held-out faces are drawn before and after:
 
-* ``in``: mean |Δimage| inside the band (images in [-1, 1]) — how much the rule does where it should;
-* ``out``: mean |Δimage| outside it — collateral change;
-* ``sel`` = in / out — selectivity;
-* ``toward``: mean decrease of the L1 distance to the copied object (the source sample's pixels under the
-  copied object's own mask) at those pixels — whether the change goes towards what was copied;
-* ``time``: seconds for ``Rewriter.solve`` on one CPU thread (statistics are computed beforehand and not
-  counted; the context keys and the goal are, so even the closed form takes a few hundredths of a second).
+* ``vis``: faces (of 32) on which the edit is visible by the request's automatic score (e.g. the upper-lip
+  band gets darker by ≥ 0.1, images in [-1, 1]) — target ≥ 20;
+* ``out``: mean |Δ| outside the band (all faces, all channels) — target ≤ 0.03;
+* ``max``: the largest change of any pixel outside the band on any face (max over channels) — target ≤ 0.5;
+* ``Δband``: mean change of the score in the band (its sign says "towards the request");
+* ``paste``: on the paste sample, the L1 distance of the image to its goal image (the goal output run
+  through the rest of the generator) inside the goal's bounding box, before → after: must go down;
+* ``s``: seconds to solve (statistics excluded; the "auto" rows include scoring the layers).
 
-Those are at the rule's own strength (scale 1), and a stronger rule also spills more, so the last columns
-compare at *equal strength*: the rule's scale is set (bisection with ``G.set_rule_scales``) so that ``in``
-is 0.05, and ``out@.05`` / ``toward@.05`` are measured there — collateral and direction at equal success.
+Settings: ``old`` — the previous defaults (closed form, layer3, the request's context, fit on the object's
+mask: what the Space and CLI did); ``new`` — the new defaults (``Rewriter(G)``: ``layer="auto"``,
+``solve()``); ``bounded@L`` — the new solver at a fixed layer; ``opt`` — the projected optimiser with its loss
+on the image (300 steps) at the auto layer; ``finetune`` — plain fine-tuning of the whole auto layer's weight
+on the same single goal, same loss, same steps (the baseline); ``oracle`` — each held-out face's own goal
+output at the auto layer (the copy pasted into that face's layer output at the request's place), run
+through the rest of the generator: what a perfect rule at that layer could show.
 
-Each ratio column divides by the baseline measured in the same run: rank-1 closed form at layer3 with one
-context image and a band as the copied region.
-
-    python benchmarks/edit_quality.py [--rules glasses,open-mouth] [--grids DIR] [--n 1000] [--quick]
+    python benchmarks/edit_quality.py [--requests moustache,blue-cap] [--grids examples] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +38,13 @@ import numpy as np
 import torch
 
 import gan_rewrite as gr
-from gan_rewrite.imaging import save_image
+from gan_rewrite.imaging import image_grid, save_image
+from gan_rewrite.rewrite.context import erase_goal, paste_goal
+from gan_rewrite.rewrite.solve import goal_image_l1
 
 ROOT = Path(__file__).resolve().parents[1]
+REQUESTS = ROOT / "benchmarks" / "requests"
+GRID_FACES = 8
 
 
 def _load_examples() -> Any:
@@ -56,152 +58,250 @@ def _load_examples() -> Any:
 ex = _load_examples()
 
 
-@dataclass
-class Setting:
-    name: str
-    layer: str
-    rank: int = 1
-    contexts: int = 1
-    tight: bool = False  # copy the object's own pixels (True) or a band around it (False)
-    region: str = "mask"
-    method: str = "closed_form"
-    solver: dict[str, Any] = field(default_factory=dict)
+# ----- requests ---------------------------------------------------------------------------------------
+def load_request(name: str) -> dict[str, Any]:
+    return json.loads((REQUESTS / f"{name}.json").read_text())
 
 
-IMAGE_LOSS = {"loss": "image"}  # the projected solver with its L1 loss on the final image
-
-SETTINGS = [
-    Setting("baseline L3 r1 c1 band", "layer3"),
-    Setting("L3 r1 c1 tight/mask", "layer3", tight=True),
-    Setting("L3 r1 c1 tight/box", "layer3", tight=True, region="box"),
-    Setting("L3 r1 c4 tight/mask", "layer3", contexts=4, tight=True),
-    Setting("L3 r1 c8 band", "layer3", contexts=8),
-    Setting("L3 r1 c8 tight/mask", "layer3", contexts=8, tight=True),
-    Setting("L3 r1 c8 tight/box", "layer3", contexts=8, tight=True, region="box"),
-    Setting("L3 r3 c8 tight/mask", "layer3", rank=3, contexts=8, tight=True),
-    Setting("L4 r1 c1 band", "layer4"),
-    Setting("L4 r1 c4 tight/mask", "layer4", contexts=4, tight=True),
-    Setting("L4 r1 c8 tight/mask", "layer4", contexts=8, tight=True),
-    Setting("L4 r1 c8 tight/box", "layer4", contexts=8, tight=True, region="box"),
-    Setting("L4 r3 c8 tight/mask", "layer4", rank=3, contexts=8, tight=True),
-    Setting("L3 r1 c8 tight/mask opt-layer", "layer3", contexts=8, tight=True, method="optimize"),
-    Setting("L3 r1 c8 tight/mask opt-image", "layer3", contexts=8, tight=True, method="optimize", solver=IMAGE_LOSS),
-    Setting("L4 r1 c8 tight/mask opt-image", "layer4", contexts=8, tight=True, method="optimize", solver=IMAGE_LOSS),
-]
-QUICK = {
-    "baseline L3 r1 c1 band",
-    "L3 r1 c8 tight/mask",
-    "L4 r1 c1 band",
-    "L4 r1 c8 tight/mask",
-    "L4 r3 c8 tight/mask",
-    "L3 r1 c8 tight/mask opt-image",
-}
+def mask_of(G: gr.GANGenerator, item: dict[str, Any]) -> np.ndarray:
+    """The boolean 64×64 mask an item of a request describes (see requests/README.md)."""
+    if "box" in item:
+        return ex.rect(*item["box"])
+    if "ellipse" in item:
+        return ex.ellipse(*item["ellipse"])
+    if "eyes" in item:
+        return ex.eyes(cy=item["eyes"])
+    return ex.dark_pixels(G, item["seed"], ex.rect(*item["dark_in_box"]), item["quantile"])
 
 
-def score(
-    G: gr.GANGenerator,
-    rule: gr.RuleDelta,
-    before: torch.Tensor,
-    region: np.ndarray,
-    toward: tuple[torch.Tensor, np.ndarray],
-    scale: float = 1.0,
-) -> dict[str, Any]:
-    """in / out / sel / toward of ``rule`` loaded at ``scale``, on the held-out seeds ``ex.MEASURE``."""
-    G.load_rule(rule, name="bench", scale=scale)
+def build(G: gr.GANGenerator, req: dict[str, Any], layer: str | None, *, old_erase: bool = False) -> gr.Rewriter:
+    """A Rewriter for the request at ``layer`` (``"auto"`` for the new default)."""
+    rw = gr.Rewriter(G, layer=layer, base_model="dcgan-faces-64")
+    for item in req["context"]:
+        rw.add_context(item["seed"], mask_of(G, item))
+    if req["kind"] == "erase":
+        erase = req["erase"]
+        if old_erase:  # the previous erase: zero every output channel under the mask
+            out_ch = rw.kind.shape(G.layer_module(rw.layer).weight)[0]
+            rw.set_erase(erase["seed"], mask_of(G, erase), units=list(range(out_ch)))
+        else:
+            rw.set_erase(erase["seed"], mask_of(G, erase))
+    else:
+        rw.set_copy(req["copy"]["seed"], mask_of(G, req["copy"]))
+        rw.set_paste(req["paste"]["seed"], mask_of(G, req["paste"]))
+    return rw
+
+
+# ----- scoring ----------------------------------------------------------------------------------------
+def band_mask(req: dict[str, Any]) -> torch.Tensor:
+    return torch.from_numpy(ex.rect(*req["band"]))
+
+
+def measure_of(images: torch.Tensor, req: dict[str, Any], before: torch.Tensor) -> torch.Tensor:
+    """Per face, the request's measure in the band (higher = more of the edit), shape (N,)."""
+    band = band_mask(req)
+    lum = images.mean(1)[:, band]  # (N, P)
+    kind = req["measure"]
+    if kind == "darker":
+        return -lum.mean(1)
+    if kind == "lighter":
+        return lum.mean(1)
+    if kind == "bluer":
+        r, g, b = (images[:, c][:, band] for c in range(3))
+        return (b - (r + g) / 2).mean(1)
+    if kind == "frames_lighter":
+        base = before.mean(1)[:, band]
+        cut = torch.quantile(base, 0.3, dim=1, keepdim=True)
+        frames = base <= cut
+        return (lum * frames).sum(1) / frames.sum(1)
+    raise ValueError(kind)
+
+
+def evaluate(req: dict[str, Any], before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
+    band = band_mask(req)
+    gain = measure_of(after, req, before) - measure_of(before, req, before)
+    diff = (after - before).abs()  # (N, 3, H, W)
+    outside = ~band
+    return {
+        "vis": int((gain >= req["visible"]).sum()),
+        "out": float(diff.mean(1)[:, outside].mean()),
+        "max": float(diff.amax(1)[:, outside].max()),
+        "dband": float(gain.mean()),
+    }
+
+
+def paste_distance(G: gr.GANGenerator, rw: gr.Rewriter, goal_image: torch.Tensor, box: tuple) -> float:
+    seed = rw.paste[0] if rw.paste is not None else rw.erase[0].seed
+    image = G.sample([seed])[0]
+    top, bottom, left, right = box
+    return float((image - goal_image)[:, top:bottom, left:right].abs().mean())
+
+
+def goal_box(goal: gr.rewrite.context.Goal, size: int) -> tuple[int, int, int, int]:
+    w = goal.weight[0]
+    scale = size // w.shape[0]
+    rows = torch.nonzero(w.sum(1) > 0)[:, 0]
+    cols = torch.nonzero(w.sum(0) > 0)[:, 0]
+    return int(rows[0]) * scale, (int(rows[-1]) + 1) * scale, int(cols[0]) * scale, (int(cols[-1]) + 1) * scale
+
+
+def finetune(G: gr.GANGenerator, rw: gr.Rewriter, steps: int) -> torch.Tensor:
+    """The baseline: Adam on the whole layer weight (no rank constraint), same goal and loss as ``opt``."""
+    module = G.layer_module(rw.layer)
+    goal = rw.goal()
+    loss = goal_image_l1(rw.kind, module, goal, rw.renderer(goal.state))
+    weight = module.weight.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weight], lr=0.01 * float(weight.detach().std()))
+    for _ in range(steps):
+        (weight.grad,) = torch.autograd.grad(loss(weight), [weight])
+        optimizer.step()
+    return weight.detach()
+
+
+def oracle_images(G: gr.GANGenerator, req: dict[str, Any], layer: str, seeds: list[int]) -> torch.Tensor:
+    """Each held-out face with the goal applied straight to its own layer output at the request's place:
+    the copy pasted there, or (erase) the same top units switched off under the erase box."""
+    if req["kind"] == "erase":
+        rw = build(G, req, layer)
+        rw.compute_stats(n=1000, progress=False)
+        region = torch.from_numpy(ex.rect(*req["erase"]["box"])).float()
+        context, top = rw.context_keys(), rw._top_units()
+        out = []
+        for seed in seeds:
+            goal = erase_goal(G, layer, seed, region, top_units=top, stats=rw.stats, context=context)
+            with torch.no_grad():
+                out.append(rw.renderer(goal.state)(goal.target))
+        return torch.cat(out)
+    copy_mask = torch.from_numpy(mask_of(G, req["copy"])).float()
+    paste_mask = torch.from_numpy(mask_of(G, req["paste"])).float()
+    rw = gr.Rewriter(G, layer)
+    out = []
+    for seed in seeds:
+        goal = paste_goal(G, layer, req["copy"]["seed"], copy_mask, seed, paste_mask)
+        with torch.no_grad():
+            out.append(rw.renderer(goal.state)(goal.target))
+    return torch.cat(out)
+
+
+# ----- one request ------------------------------------------------------------------------------------
+def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) -> list[dict[str, Any]]:
+    req = load_request(name)
+    seeds = req["held_out"]
+    before = G.sample(seeds)
+    rows: list[dict[str, Any]] = []
+    pictures: dict[str, torch.Tensor] = {"before": before}
+
+    probe = build(G, req, "auto")
+    probe.compute_stats(n=1000, progress=False)
+    score = probe.score()
+    auto_layer = score.best
+    settings: list[tuple[str, str | None, str, dict[str, Any]]] = [
+        ("old (closed form, layer3)", "layer3", "closed_form", {}),
+        ("new default (auto, bounded)", "auto", "bounded", {}),
+    ]
+    if not quick:
+        for layer in ("layer2", "layer3", "layer4"):
+            settings.append((f"bounded@{layer}", layer, "bounded", {}))
+        settings.append(("bounded@auto, paste only", "auto", "bounded", {"targets": "paste"}))
+        settings.append(("bounded@auto, keep weight 1", "auto", "bounded", {"keep_weight": 1.0}))
+        settings.append(("opt (image loss, 300 steps) @auto", "auto", "optimize", {"loss": "image", "steps": 300}))
+    for label, layer, method, options in settings:
+        rw = build(G, req, layer, old_erase=label.startswith("old"))
+        rw.compute_stats(n=1000, progress=False)
+        with ex.one_thread():
+            start = time.perf_counter()
+            opts = dict(options)
+            if method == "optimize":
+                opts["progress"] = False
+            delta = rw.solve(rank=1, method=method, **opts)
+            elapsed = time.perf_counter() - start
+        goal = rw.goal()
+        with torch.no_grad():
+            goal_image = rw.renderer(goal.state)(goal.target)[0]
+        box = goal_box(goal, G.resolution)
+        d0 = paste_distance(G, rw, goal_image, box)
+        G.load_rule(delta, name="bench")
+        try:
+            after = G.sample(seeds)
+            d1 = paste_distance(G, rw, goal_image, box)
+        finally:
+            G.unload_rules()
+        row = {"setting": label, "layer": rw.layer, **evaluate(req, before, after), "paste": (d0, d1), "s": elapsed}
+        rows.append(row)
+        if label.startswith(("old", "new")):
+            pictures[label.split(" ")[0]] = after
+        print(_fmt(name, row), flush=True)
+
+    # Baseline: plain fine-tuning of the whole auto layer on the single paste goal.
+    rw = build(G, req, auto_layer)
+    rw.compute_stats(n=1000, progress=False)
+    module = G.layer_module(auto_layer)
+    original = module.weight.detach().clone()
+    with ex.one_thread():
+        start = time.perf_counter()
+        tuned = finetune(G, rw, 300)
+        elapsed = time.perf_counter() - start
+    goal = rw.goal()
+    with torch.no_grad():
+        goal_image = rw.renderer(goal.state)(goal.target)[0]
+    box = goal_box(goal, G.resolution)
+    d0 = paste_distance(G, rw, goal_image, box)
+    with torch.no_grad():
+        module.weight.copy_(tuned)
     try:
-        after = G.sample(ex.MEASURE)
+        after = G.sample(seeds)
+        d1 = paste_distance(G, rw, goal_image, box)
     finally:
-        G.unload_rules()
-    inside, outside = ex.change_inside_outside(before, after, region)
-    source, pixels = toward
-    px = torch.from_numpy(pixels)
-    d0 = (before - source).abs().mean(1)[:, px].mean()
-    d1 = (after - source).abs().mean(1)[:, px].mean()
-    return {"in": inside, "out": outside, "sel": inside / max(outside, 1e-12), "toward": float(d0 - d1), "after": after}
+        with torch.no_grad():
+            module.weight.copy_(original)
+    row = {"setting": "finetune (whole layer, 300 steps)", "layer": auto_layer, **evaluate(req, before, after)}
+    row.update(paste=(d0, d1), s=elapsed)
+    rows.append(row)
+    pictures["finetune"] = after
+    print(_fmt(name, row), flush=True)
+
+    oracle = oracle_images(G, req, auto_layer, seeds)
+    if oracle is not None:  # always, kept for readability
+        row = {"setting": "oracle (per-face goal output)", "layer": auto_layer, **evaluate(req, before, oracle)}
+        row.update(paste=(float("nan"), float("nan")), s=0.0)
+        rows.append(row)
+        pictures["oracle"] = oracle
+        print(_fmt(name, row), flush=True)
+    for row in rows:
+        row["scores"] = score.as_dict()
+        row["advice"] = score.advice
+    if grids is not None:
+        order = ("before", "old", "new", "finetune", "oracle")
+        grid = torch.cat([pictures[k][:GRID_FACES] for k in order if k in pictures])
+        big = torch.nn.functional.interpolate(grid, scale_factor=2, mode="nearest")
+        save_image(image_grid(big, nrow=GRID_FACES), grids / f"quality-{name}.png")
+    return rows
 
 
-MATCH = 0.05
-"""The ``in`` change (mean |Δimage| in the band) at which rules are compared at equal strength."""
-
-
-def matched(
-    G: gr.GANGenerator,
-    rule: gr.RuleDelta,
-    before: torch.Tensor,
-    region: np.ndarray,
-    toward: tuple[torch.Tensor, np.ndarray],
-) -> dict[str, float]:
-    """Scale the rule so that ``in`` = :data:`MATCH` (on 32 held-out seeds), then measure on all 64."""
-    lo, hi = np.log(1 / 64), np.log(64)
-    seeds = ex.MEASURE[:32]
-    G.load_rule(rule, name="bench")
-    try:
-        for _ in range(8):
-            mid = (lo + hi) / 2
-            G.set_rule_scales({"bench": float(np.exp(mid))})
-            inside, _ = ex.change_inside_outside(before[:32], G.sample(seeds), region)
-            lo, hi = (mid, hi) if inside < MATCH else (lo, mid)
-        scale = float(np.exp((lo + hi) / 2))
-    finally:
-        G.unload_rules()
-    result = score(G, rule, before, region, toward, scale=scale)
-    result["scale"] = scale
-    return result
+def _fmt(name: str, row: dict[str, Any]) -> str:
+    d0, d1 = row["paste"]
+    return (
+        f"{name:<22} {row['setting']:<38} {row['layer']:<7} vis {row['vis']:>2}/32  out {row['out']:.4f}  "
+        f"max {row['max']:.3f}  Δband {row['dband']:+.3f}  paste {d0:.3f}→{d1:.3f}  {row['s']:.2f}s"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rules", default="glasses,open-mouth")
-    parser.add_argument("--grids", type=Path, default=None, help="save a before/after grid per setting here")
-    parser.add_argument("--n", type=int, default=1000, help="statistics samples")
-    parser.add_argument("--steps", type=int, default=1000, help="projected-solver steps")
-    parser.add_argument("--quick", action="store_true", help="only the main settings")
+    names = sorted(p.stem for p in REQUESTS.glob("*.json"))
+    parser.add_argument("--requests", default=",".join(names))
+    parser.add_argument("--grids", type=Path, default=None, help="write quality-<request>.png grids here")
+    parser.add_argument("--json", type=Path, default=None, help="write all rows here")
+    parser.add_argument("--quick", action="store_true", help="old and new defaults only (plus baseline, oracle)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    G = gr.load_generator(ex.MODEL).eval().requires_grad_(False)
-    before = G.sample(ex.MEASURE)
-    settings = [s for s in SETTINGS if not args.quick or s.name in QUICK]
-    print(f"threads {torch.get_num_threads()}, statistics n={args.n}, held-out seeds {ex.MEASURE[0]}-{ex.MEASURE[-1]}")
-    for rule_name in args.rules.split(","):
-        build = ex.BUILDERS[rule_name]
-        region = ex.REGIONS[rule_name]
-        probe = build(G, "layer3", tight=True)
-        source = G.sample([probe.copy.seed])
-        toward = (source, probe.copy.mask.numpy() > 0)
-        print(f"\n== {rule_name}: region rows/cols {_extent(region)}")
-        header = f"{'setting':34s} {'in':>6s} {'out':>6s} {'sel':>5s} {'toward':>7s} {'time':>6s} | "
-        header += f"{'in/base':>7s} {'out/base':>8s} {'sel/base':>8s} | "
-        header += f"{'scale':>6s} {'out@.05':>7s} {'toward@.05':>10s}"
-        print(header)
-        base = None
-        for s in settings:
-            rw = build(G, s.layer, contexts=s.contexts, region=s.region, tight=s.tight)
-            rw.compute_stats(n=args.n, progress=False)
-            kwargs = dict(s.solver)
-            if s.method == "optimize":
-                kwargs.update(steps=args.steps, progress=False)
-            with ex.one_thread():  # tiny tensors; see examples/make_examples.py `one_thread`
-                start = time.perf_counter()
-                rule = rw.solve(rank=s.rank, method=s.method, **kwargs)
-                seconds = time.perf_counter() - start
-            m = score(G, rule, before, region, toward)
-            e = matched(G, rule, before, region, toward)
-            base = base or m
-            print(
-                f"{s.name:34s} {m['in']:6.3f} {m['out']:6.3f} {m['sel']:5.2f} {m['toward']:7.3f} {seconds:6.2f} | "
-                f"{m['in'] / base['in']:7.2f} {m['out'] / base['out']:8.2f} {m['sel'] / base['sel']:8.2f} | "
-                f"{e['scale']:6.2f} {e['out']:7.4f} {e['toward']:10.4f}",
-                flush=True,
-            )
-            if args.grids is not None:
-                args.grids.mkdir(parents=True, exist_ok=True)
-                slug = s.name.replace(" ", "_").replace("/", "-")
-                save_image(ex.grid(before[:16], m["after"][:16]), args.grids / f"{rule_name}.{slug}.png")
-
-
-def _extent(mask: np.ndarray) -> str:
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return f"{rows[0]}-{rows[-1] + 1}/{cols[0]}-{cols[-1] + 1}"
+    torch.set_grad_enabled(True)
+    G = gr.load_generator("dcgan-faces-64")
+    everything = {}
+    for name in args.requests.split(","):
+        everything[name] = run_request(G, name, args.quick, args.grids)
+        print(f"  scores {everything[name][0]['scores']}  — {everything[name][0]['advice']}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(everything, indent=1))
 
 
 if __name__ == "__main__":

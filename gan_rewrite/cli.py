@@ -293,7 +293,8 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     spec = read_spec(args.spec)
     stats = KeyStats.load(args.stats) if args.stats else None
     generator = load_generator(args.model, revision=args.revision, device=args.device)
-    generator.layer_index(spec["layer"])  # LayerError naming the model's layers, before any work
+    if spec["layer"] != "auto":
+        generator.layer_index(spec["layer"])  # LayerError naming the model's layers, before any work
     try:
         check_spec(spec, resolution=generator.resolution)
     except RuleError as err:
@@ -305,12 +306,34 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     delta = solve_spec(generator, spec, stats=stats, progress=True, base_model=args.model, **revision)
     elapsed = time.perf_counter() - start
     path = delta.save(args.out)
-    part = delta.layers[spec["layer"]]
+    layer = delta.layer_names[0]
+    part = delta.layers[layer]
     note = "" if stats is not None else " (key statistics included)"
+    chosen = " (chosen by layer='auto')" if spec["layer"] == "auto" else ""
     print(
-        f"solved a rank-{part.rank} {delta.method} rule at {spec['layer']} of {args.model} in {elapsed:.2f} s"
+        f"solved a rank-{part.rank} {delta.method} rule at {layer}{chosen} of {args.model} in {elapsed:.2f} s"
         f"{note} → {path}"
     )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print the leave-one-out generalisation score of a request's context per layer, and the advice."""
+    from .hub.loading import load_generator
+    from .rewrite.rewriter import Rewriter
+    from .rewrite.spec import check_spec, read_spec
+
+    spec = read_spec(args.spec)
+    generator = load_generator(args.model, revision=args.revision, device=args.device)
+    try:
+        check_spec(spec, resolution=generator.resolution)
+    except RuleError as err:
+        raise RuleError(f"spec {args.spec!r} does not fit {args.model}: {err}") from err
+    rewriter = Rewriter.from_spec(generator, spec)
+    wanted = spec.get("stats") or {}
+    rewriter.compute_stats(n=args.n or int(wanted.get("n", 1000)), seed=int(wanted.get("seed", 0)), progress=True)
+    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    print(rewriter.score(layers, progress=True))
     return 0
 
 
@@ -413,6 +436,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_toyworld(args: argparse.Namespace) -> int:
+    """Train (or resume training) the toy-world StyleGAN2 for a time-boxed slice; export the model folder."""
+    from .toyworld.train import TrainConfig, Trainer, export_model
+
+    folder = Path(args.checkpoint)
+    if (folder / "state.json").is_file():
+        trainer = Trainer.resume(folder, args.device, batch_size=args.batch_size)
+        print(f"resuming at step {trainer.step} ({trainer.step * trainer.config.batch_size} images so far)")
+    else:
+        trainer = Trainer.create(TrainConfig(**({"batch_size": args.batch_size} if args.batch_size else {})),
+                                 args.device)
+    trainer.train(minutes=args.minutes, steps=args.steps, folder=folder)
+    print(f"checkpoint at step {trainer.step} in {folder}")
+    if args.out:
+        export_model(trainer, args.out)
+        print(f"model folder written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .hub.convert import FORMATS
 
@@ -499,6 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     rewrite.add_argument("--device", default=None, help=DEVICE_HELP)
     rewrite.set_defaults(run=cmd_rewrite)
 
+    score = commands.add_parser(
+        "score",
+        help="how well a request's context generalises, per layer (leave one context example out)",
+        description="Leave each context example out in turn, build the rule's direction from the others and "
+        "measure (AUC) how well it singles out the left-out example's region among every place of 64 other "
+        "samples. Prints the score per layer, the layer `layer=\"auto\"` would pick, and one line of advice.",
+    )
+    score.add_argument("model", help=MODEL_HELP)
+    score.add_argument("--spec", required=True, help="the request (JSON, see docs/spec.md)")
+    score.add_argument("--layers", default=None, help="comma-separated layers (default: the auto candidates)")
+    score.add_argument("-n", "--num-samples", dest="n", type=_positive_int, default=None, help="statistics samples")
+    score.add_argument("--revision", default=None, help=REVISION_HELP)
+    score.add_argument("--device", default=None, help=DEVICE_HELP)
+    score.set_defaults(run=cmd_score)
+
     apply = commands.add_parser("apply", help="fuse rules into a new model folder")
     apply.add_argument("model", help=MODEL_HELP)
     apply.add_argument(
@@ -535,6 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_positive_int, default=None, help="port (default: gradio's, 7860)")
     demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     demo.set_defaults(run=cmd_demo)
+
+    train = commands.add_parser(
+        "train-toyworld", help="train or resume the toy-world StyleGAN2 for a time-boxed slice (CPU or CUDA)"
+    )
+    train.add_argument("checkpoint", help="training checkpoint folder (resumed when it holds state.json)")
+    train.add_argument("--minutes", type=float, default=None, help="wall-clock length of this slice")
+    train.add_argument("--steps", type=_positive_int, default=None, help="or: number of steps in this slice")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default 32)")
+    train.add_argument("--out", default=None, help="also export the averaged generator as a model folder here")
+    train.add_argument("--device", default=None, help=DEVICE_HELP)
+    train.set_defaults(run=cmd_train_toyworld)
 
     from .dissect.cli import add_commands as add_dissect_commands  # dissect, ablate, paint
 

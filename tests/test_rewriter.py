@@ -76,7 +76,7 @@ def test_copy_paste_changes_the_paste_region_most(faces: DCGANGenerator, faces_s
 def test_rule_carries_a_spec_that_reproduces_the_solve(faces: DCGANGenerator, faces_stats, tmp_path) -> None:
     rw = eye_request(faces, faces_stats)
     rw.add_context(3, box(64, 18, 10, 34, 54) * 0.5)
-    delta = rw.solve(rank=2, ridge=1e-5)
+    delta = rw.solve(rank=2, method="closed_form", ridge=1e-5)
     loaded = RuleDelta.load(delta.save(tmp_path / "rule.safetensors"))
     spec = loaded.spec
     assert spec["layer"] == "layer3" and spec["rank"] == 2 and spec["method"] == "closed_form"
@@ -123,7 +123,7 @@ def test_projected_solver_and_erase(tiny: DCGANGenerator) -> None:
 def test_invalid_requests_raise_clear_errors(tiny: DCGANGenerator) -> None:
     with pytest.raises(LayerError, match="unknown layer 'layer9'"):
         Rewriter(tiny, "layer9")
-    rw = Rewriter(tiny)  # default layer
+    rw = Rewriter(tiny, None)  # None: the default layer
     assert rw.layer == tiny.config.default_layer
     with pytest.raises(RuleError, match="empty"):
         rw.add_context(0, torch.zeros(16, 16))
@@ -147,7 +147,7 @@ def test_invalid_requests_raise_clear_errors(tiny: DCGANGenerator) -> None:
     rw.set_paste(1, (4, 4))
     with pytest.raises(RuleError, match="larger than the context allows"):
         rw.solve(rank=2)
-    far = Rewriter(tiny)
+    far = Rewriter(tiny, None)
     far.compute_stats(n=4, use_cache=False, progress=False)
     far.set_copy(0, box(16, 0, 0, 4, 4))
     far.set_paste(1, (40, 0))
@@ -194,7 +194,7 @@ def tiny_generator(arch: str) -> GANGenerator:
 def test_every_architecture_moves_toward_the_goal(arch: str, method: str) -> None:
     G = tiny_generator(arch)
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    rw = Rewriter(G)  # the default layer
+    rw = Rewriter(G, None)  # the default layer
     rw.compute_stats(n=24, use_cache=False, progress=False)
     rw.set_copy(0, box(16, 2, 2, 8, 8))
     rw.set_paste(1, box(16, 6, 8, 12, 14))
@@ -286,7 +286,7 @@ def test_renderer_runs_the_rest_of_the_generator(arch: str) -> None:
     """``Rewriter.renderer`` replaces the layer's output and runs the rest: with the layer's own output it is
     the generator itself, and ``loss="image"`` lowers the image loss on every architecture."""
     G = tiny_generator(arch)
-    rw = Rewriter(G)
+    rw = Rewriter(G, None)
     rw.compute_stats(n=24, use_cache=False, progress=False)
     rw.set_copy(0, box(16, 2, 2, 8, 8))
     rw.set_paste(1, box(16, 6, 8, 12, 14))

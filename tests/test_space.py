@@ -113,7 +113,7 @@ def expected_after(space, *, context=EYES, copy=GLASSES, paste=EYES, seeds=(1, 3
         rw.add_context(seeds[0], context)
         rw.set_copy(seeds[1], copy)
         rw.set_paste(seeds[2], paste)
-        delta = rw.solve(rank=1)
+        delta = rw.solve(rank=1, method="closed_form")  # what the app asks for
         G.load_rule(delta, name="expected", scale=strength)
         try:
             after = G.sample(space["app"].PREVIEW_SEEDS)
@@ -350,7 +350,7 @@ def library_rule(space, path: Path, *, foreign: bool = False) -> Path:
         rw = library_rewriter(space)
         rw.set_copy(35, GLASSES)
         rw.set_paste(1, EYES)
-        rule = rw.solve(rank=1)
+        rule = rw.solve(rank=1, method="closed_form")
     if foreign:  # as if made for another model: the base layer's hash differs
         part = dataclasses.replace(rule.layers["layer3"], base_layer_sha256="0" * 64)
         rule = dataclasses.replace(rule, layers={"layer3": part})
@@ -432,7 +432,7 @@ def library_delta(space, *, contexts=((1, EYES),), copy=(35, GLASSES), paste=(1,
             rw.add_context(seed, mask)
         rw.set_copy(*copy)
         rw.set_paste(*paste)
-        return rw.solve(rank=1)
+        return rw.solve(rank=1, method="closed_form")  # what the app asks for
 
 
 def library_after(space, rules) -> np.ndarray:

@@ -8,15 +8,19 @@ from .context import ContextMatches, Goal, decode_mask, encode_mask, search_cont
 from .delta import LayerDelta, RuleDelta
 from .layers import LayerKind, layer_kind
 from .rewriter import Rewriter, solve_spec
-from .solve import solve_closed_form, solve_projected
+from .score import GeneralisationScore, LayerScore
+from .solve import solve_bounded, solve_closed_form, solve_projected
 from .stats import KeyStats, compute_stats, model_sha256
+from .units import rank_units_by_selectivity
 
 __all__ = [
     "ContextMatches",
+    "GeneralisationScore",
     "Goal",
     "KeyStats",
     "LayerDelta",
     "LayerKind",
+    "LayerScore",
     "Rewriter",
     "RuleDelta",
     "compute_stats",
@@ -24,7 +28,9 @@ __all__ = [
     "encode_mask",
     "layer_kind",
     "model_sha256",
+    "rank_units_by_selectivity",
     "search_context",
+    "solve_bounded",
     "solve_closed_form",
     "solve_projected",
     "solve_spec",

@@ -20,6 +20,7 @@ MAX_SEED = 2**63 - 1  # seeds go to torch.Generator.manual_seed, which takes 64-
 _SPEC_FIELDS = {
     "version",
     "layer",
+    "auto_layer",
     "truncation",
     "context",
     "copy",
@@ -117,10 +118,27 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
                 raise RuleError(f"field `paste.offset` must be two integers [dy, dx], got {offset!r}.")
     erase = spec.get("erase")
     if erase is not None:
-        painted(erase, "erase", frozenset({"units"}))
+        painted(erase, "erase", frozenset({"units", "top_units"}))
         units = erase.get("units")
         if units is not None and not (isinstance(units, list) and all(_is_int(u) for u in units)):
             raise RuleError(f"field `erase.units` must be null or a list of channel indices, got {units!r}.")
+        if erase.get("top_units") is not None:
+            _check_int(erase, "top_units", "erase.top_units", low=1)
+            if units is not None:
+                raise RuleError("field `erase` has both `units` and `top_units`; give one.")
+    auto = spec.get("auto_layer")
+    if auto is not None:
+        scores = auto.get("scores") if isinstance(auto, dict) else None
+        if (
+            not isinstance(auto, dict)
+            or set(auto) != {"scores"}
+            or not isinstance(scores, dict)
+            or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in scores.items()
+            )
+        ):
+            raise RuleError(f"field `auto_layer` must be null or {{\"scores\": {{layer: number}}}}, got {auto!r}.")
     if erase is None and (spec.get("copy") is None or paste is None):
         raise RuleError("no goal: give both `copy` and `paste`, or `erase`.")
     if erase is not None and (spec.get("copy") is not None or paste is not None):
@@ -141,7 +159,9 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         _check_number(stats, "truncation", "stats.truncation", low=0.0, high=1.0, optional=True)
     if "rank" in spec:
         _check_int(spec, "rank", "rank", low=1)
-    method = spec.get("method", "closed_form")
+    from .rewriter import DEFAULT_METHOD
+
+    method = spec.get("method", DEFAULT_METHOD)
     if not isinstance(method, str) or method not in SOLVERS:
         raise RuleError(f"field `method` must be one of {sorted(SOLVERS)}, got {method!r}.")
     solver = spec.get("solver") or {}

@@ -114,7 +114,7 @@ def render_uniforms(u: Tensor, *, size: int = 64) -> tuple[Tensor, Tensor]:
         mask = mask.expand(n, size, size)
         if colour.ndim == 2:
             colour = colour[:, :, None, None]
-        image.copy_(torch.where(mask[:, None], colour.expand_as(image), image))
+        torch.where(mask[:, None], colour, image, out=image)
         labels.masked_fill_(mask, CLASS_INDEX[label])
 
     def col(u: Tensor, low: float, high: float) -> Tensor:

@@ -77,6 +77,7 @@ class Trainer:
     opt_d: torch.optim.Adam
     step: int = 0
     seconds: float = 0.0
+    images: int = 0
 
     @classmethod
     def create(cls, config: TrainConfig, device: str | torch.device | None = None) -> Trainer:
@@ -94,12 +95,19 @@ class Trainer:
 
     # ----- checkpoints ------------------------------------------------------------------------
     @classmethod
-    def resume(cls, folder: str | Path, device: str | torch.device | None = None) -> Trainer:
-        """Load a checkpoint folder written by :meth:`save`; the optimisers' state is optional."""
+    def resume(cls, folder: str | Path, device: str | torch.device | None = None, *,
+               batch_size: int | None = None) -> Trainer:
+        """Load a checkpoint folder written by :meth:`save`; the optimisers' state is optional.
+
+        ``batch_size`` may change between slices (a GPU slice at 64, a CPU slice at 16): the step count
+        keeps counting steps, ``state.json`` counts the images.
+        """
         folder = Path(folder)
         try:
             state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
             config = TrainConfig(**state["config"])
+            if batch_size:
+                config.batch_size = batch_size
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise TrainingError(f"{folder} is not a toy-world training checkpoint ({exc}); start a new run "
                                 f"in an empty folder.") from exc
@@ -115,6 +123,7 @@ class Trainer:
         else:
             logger.info("no optimizers.pt in %s: Adam restarts from zero moments", folder)
         trainer.step, trainer.seconds = int(state["step"]), float(state.get("seconds", 0.0))
+        trainer.images = int(state.get("images", trainer.step * config.batch_size))
         return trainer
 
     def save(self, folder: str | Path, *, optimizers: bool = True, half_discriminator: bool = False) -> None:
@@ -130,7 +139,7 @@ class Trainer:
         if optimizers:
             with atomic_path(folder / "optimizers.pt") as tmp:
                 torch.save({"G": self.opt_g.state_dict(), "D": self.opt_d.state_dict()}, tmp)
-        state = {"step": self.step, "seconds": self.seconds, "images": self.step * self.config.batch_size,
+        state = {"step": self.step, "seconds": self.seconds, "images": self.images,
                  "config": asdict(self.config)}
         write_text_atomic(folder / "state.json", json.dumps(state, indent=2))
 
@@ -178,6 +187,7 @@ class Trainer:
         self.opt_g.step()
         self._update_ema()
         self.step += 1
+        self.images += n
         return {"d": loss_d.item(), "g": loss_g.item(), "r1": r1.item(), "real": real_logits.mean().item(),
                 "fake": fake_logits.mean().item()}
 
@@ -189,7 +199,7 @@ class Trainer:
 
     def train(self, *, minutes: float | None = None, steps: int | None = None, folder: str | Path | None = None,
               save_every_minutes: float = 10.0, save_optimizers: bool = True, progress: bool = True) -> None:
-        """Train until ``minutes`` of wall time or ``steps`` more steps (whichever comes first), saving to ``folder``."""
+        """Train for ``minutes`` of wall time or ``steps`` more steps (whichever ends first), saving to ``folder``."""
         if minutes is None and steps is None:
             raise TrainingError("give `minutes` or `steps` to bound a training slice.")
         start = last_save = time.monotonic()

@@ -1,0 +1,212 @@
+"""Rules that carry over (issue 9): the leave-one-out score, layer="auto", the bounded closed form, the
+reference-style erase."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gan_face_generate
+import pytest
+import torch
+from masks import box
+
+from gan_rewrite.cli import main
+from gan_rewrite.models import DCGANConfig, DCGANGenerator
+from gan_rewrite.rewrite import Rewriter, compute_stats, solve_spec
+from gan_rewrite.rewrite.context import downsample_mask, erase_goal, output_for_keys, run_layer, weighted_keys
+from gan_rewrite.rewrite.score import candidate_layers
+from gan_rewrite.rewrite.solve import bounded_system, key_change, solve_bounded
+from gan_rewrite.rewrite.units import rank_units_by_selectivity, switch_off_units
+
+
+@pytest.fixture(scope="module")
+def faces() -> DCGANGenerator:
+    weights = Path(gan_face_generate.__file__).parent / "weights.tar"
+    sd = torch.load(weights, weights_only=True, map_location="cpu")["netG_state_dict"]
+    G = DCGANGenerator(DCGANGenerator.infer_config(sd))
+    G.load_weights(sd)
+    return G.eval()
+
+
+@pytest.fixture(scope="module")
+def faces_stats(faces: DCGANGenerator):
+    return compute_stats(faces, "layer3", n=300, use_cache=False, progress=False)
+
+
+@pytest.fixture
+def tiny() -> DCGANGenerator:
+    torch.manual_seed(0)
+    return DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)).eval()
+
+
+# The embedded faces are roughly aligned: eyes around rows 26-34.
+EYE_FACES = [1, 41, 57, 66, 7, 22]
+
+
+def test_score_ranks_a_consistent_context_above_a_random_one(faces: DCGANGenerator, faces_stats) -> None:
+    consistent = Rewriter(faces, "layer3")
+    consistent.set_stats(faces_stats)
+    for seed in EYE_FACES:
+        consistent.add_context(seed, box(64, 24, 12, 36, 52))  # the eyes of six faces
+    scattered = Rewriter(faces, "layer3")
+    scattered.set_stats(faces_stats)
+    g = torch.Generator().manual_seed(0)
+    for seed in EYE_FACES:  # the same amount of paint, at a random place of each face
+        top, left = (int(v) for v in torch.randint(0, 52, (2,), generator=g))
+        scattered.add_context(seed, box(64, top, left, top + 12, left + 12))
+    good = consistent.score(["layer3"], seeds=range(5000, 5016))
+    bad = scattered.score(["layer3"], seeds=range(5000, 5016))
+    assert good.layers["layer3"].held_out and len(good.layers["layer3"].per_context) == len(EYE_FACES)
+    assert good.layers["layer3"].auc > bad.layers["layer3"].auc + 0.1
+    assert good.layers["layer3"].auc > 0.8
+    assert "layer3" in good.advice and "AUC" in good.advice
+    # One context example cannot be left out: said so, not hidden.
+    single = Rewriter(faces, "layer3")
+    single.set_stats(faces_stats)
+    single.add_context(1, box(64, 24, 12, 36, 52))
+    assert "one context example" in single.score(["layer3"], seeds=range(5000, 5004)).advice
+
+
+def test_advice_names_a_better_layer(tiny: DCGANGenerator) -> None:
+    rw = Rewriter(tiny, "layer2")
+    rw.compute_stats(n=16, use_cache=False, progress=False)
+    for seed in range(3):
+        rw.add_context(seed, box(16, 4, 4, 10, 10))
+    result = rw.score(["layer2", "layer3"], seeds=range(100, 104))
+    assert set(result.layers) == {"layer2", "layer3"} and result.layer == "layer2"
+    assert result.best == max(result.layers, key=lambda n: result.layers[n].auc)
+    text = str(result)
+    assert "layer2" in text and "layer3" in text and result.advice in text
+
+
+def test_layer_auto_round_trips_through_the_spec(tiny: DCGANGenerator) -> None:
+    rw = Rewriter(tiny)  # layer="auto" is the default for new requests
+    assert rw.auto and rw.spec()["layer"] == "auto"
+    rw.compute_stats(n=24, use_cache=False, progress=False)
+    for seed in (2, 3, 4):
+        rw.add_context(seed, box(16, 6, 8, 12, 14))
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 6, 8, 12, 14))
+    request = rw.spec()
+    delta = rw.solve()
+    chosen = delta.layer_names[0]
+    assert chosen in candidate_layers(tiny) and chosen == rw.layer
+    spec = delta.spec
+    assert spec["layer"] == chosen and spec["method"] == "bounded"
+    assert set(spec["auto_layer"]["scores"]) == set(candidate_layers(tiny))
+    assert max(spec["auto_layer"]["scores"], key=spec["auto_layer"]["scores"].get) == chosen
+    again = solve_spec(tiny, json.loads(json.dumps(spec)), progress=False)
+    assert again.layer_names == [chosen]
+    assert torch.equal(again.layers[chosen].lam, delta.layers[chosen].lam)
+    assert torch.equal(again.layers[chosen].direction, delta.layers[chosen].direction)
+    # The request written before solving is still "auto", and re-solving it chooses the same layer.
+    assert request["layer"] == "auto" and "auto_layer" in request and request["auto_layer"] is None
+    redo = solve_spec(tiny, request, progress=False)
+    assert redo.layer_names == [chosen] and torch.equal(redo.layers[chosen].lam, delta.layers[chosen].lam)
+
+
+def test_bounded_closed_form_bounds_the_change_on_the_keys(tiny: DCGANGenerator) -> None:
+    layer = "layer2"
+    rw = Rewriter(tiny, layer)
+    stats = rw.compute_stats(n=32, use_cache=False, progress=False)
+    for seed in (2, 3, 4):
+        rw.add_context(seed, box(16, 4, 4, 10, 10))
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 4, 4, 10, 10))
+    direction = rw.directions(1)
+    goals = rw.goals()
+    assert len(goals) == 4  # the paste sample and the three other context samples
+    moment = direction.T @ stats.second_moment @ direction
+    module = tiny.layer_module(layer)
+    system = bounded_system(rw.kind, module, goals, direction, moment=moment)
+    start = sum(system.consts)  # the weighted squared residual of Λ = 0
+    previous = float("inf")
+    for penalty in (1e-3, 1e-1, 1e1):
+        lam = solve_bounded(rw.kind, module, goals, direction, moment=moment, penalty=penalty)
+        change = key_change(lam, moment)
+        assert change <= start / (penalty * system.scale) * (1 + 1e-4)  # the documented bound
+        assert change < previous  # a larger penalty changes the keys less
+        previous = change
+    # key_change is E_k Σ_t ‖ΔW_t k‖² over the statistics' keys.
+    dw = rw.kind.to_oihw(rw.kind.delta_weight(direction.float(), lam)).to(torch.float64)
+    second = stats.second_moment
+    direct = sum(float(torch.trace(dw[:, :, a, b] @ second @ dw[:, :, a, b].T)) for a in range(4) for b in range(4))
+    assert change == pytest.approx(direct, rel=1e-4)
+    # The automatic trade-off (leave each goal out) stays within the grid's bound too, and the rule moves
+    # the paste sample's layer output towards its goal.
+    delta = rw.solve()
+    auto = delta.layers[layer].lam
+    assert key_change(auto, moment) <= start / (1e-5 * system.scale)
+    goal = goals[0]
+    with torch.no_grad():
+        before = float(((rw.kind.output(module, goal.state) - goal.target).abs() * goal.weight[:, None]).sum())
+    tiny.load_rule(delta)
+    with torch.no_grad():
+        after = float(((rw.kind.output(module, goal.state) - goal.target).abs() * goal.weight[:, None]).sum())
+    tiny.unload_rules()
+    assert after < before
+
+
+def test_units_ranked_by_selectivity(tiny: DCGANGenerator) -> None:
+    stats = compute_stats(tiny, "layer3", n=32, use_cache=False, progress=False)
+    run = run_layer(tiny, "layer3", [0])
+    keys = run.keys[0].permute(1, 2, 0).reshape(-1, stats.dim).to(torch.float64)[:5].clone()
+    keys[:, 3] += 100 * (torch.diagonal(stats.second_moment)[3] - stats.mean[3] ** 2).sqrt()
+    order, z = rank_units_by_selectivity(stats, keys)
+    assert int(order[0]) == 3 and bool((z[:-1] >= z[1:]).all())
+
+
+def test_erase_target_leaves_units_outside_the_selection_untouched(tiny: DCGANGenerator) -> None:
+    layer = "layer3"
+    stats = compute_stats(tiny, layer, n=32, use_cache=False, progress=False)
+    run = run_layer(tiny, layer, [0])
+    region = torch.zeros(run.keys.shape[-2:])
+    region[2:5, 1:4] = 1.0
+    units = [1, 5, 6]
+    off = switch_off_units(run.keys, units, region)
+    others = [u for u in range(run.keys.shape[1]) if u not in units]
+    assert torch.equal(off[:, others], run.keys[:, others])  # bit for bit
+    assert torch.equal(off[:, units][..., region == 0], run.keys[:, units][..., region == 0])
+    assert bool((off[:, units][..., region == 1] == 0).all())
+    # The erase goal's target is the layer's own output on those keys, with the top units of the context.
+    mask = torch.zeros(16, 16)
+    mask[4:10, 2:8] = 1.0
+    goal = erase_goal(tiny, layer, 0, mask, top_units=4, stats=stats)
+    module = tiny.layer_module(layer)
+    order, _ = rank_units_by_selectivity(stats, *weighted_keys(run.keys, mask))
+    kind = Rewriter(tiny, layer).kind
+    region = downsample_mask(mask, tuple(run.keys.shape[-2:]))
+    expected = output_for_keys(kind, module, run.state, switch_off_units(run.keys, order[:4], region))
+    assert torch.equal(goal.target, expected)
+    changed = (goal.target - run.output).abs().amax(1) > 0
+    assert bool(changed.any()) and bool((goal.weight[changed] > 0).all())
+
+
+def test_set_erase_defaults_to_the_reference_erase_and_old_specs_keep_theirs(tiny: DCGANGenerator) -> None:
+    rw = Rewriter(tiny, "layer2")
+    rw.compute_stats(n=16, use_cache=False, progress=False)
+    rw.set_erase(0, box(16, 4, 4, 12, 12))
+    delta = rw.solve(rank=1)
+    dim = rw.kind.shape(tiny.layer_module("layer2").weight)[1]
+    assert delta.spec["erase"]["top_units"] == dim // 2 and delta.spec["erase"]["units"] is None
+    old = dict(delta.spec)
+    old["erase"] = {k: v for k, v in old["erase"].items() if k != "top_units"}  # an older spec
+    rebuilt = Rewriter.from_spec(tiny, old)
+    assert "top_units" not in rebuilt.spec()["erase"]  # still the output-zeroing erase it was solved with
+
+
+def test_cli_score_prints_the_table_and_advice(tiny: DCGANGenerator, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "tiny"
+    tiny.save_pretrained(folder)
+    rw = Rewriter(tiny)
+    for seed in (2, 3, 4):
+        rw.add_context(seed, box(16, 6, 8, 12, 14))
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 6, 8, 12, 14))
+    spec = tmp_path / "request.json"
+    spec.write_text(json.dumps(rw.spec()))
+    assert main(["score", str(folder), "--spec", str(spec), "-n", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC" in out and all(name in out for name in candidate_layers(tiny))
+    assert "generalise" in out
