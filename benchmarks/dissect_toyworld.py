@@ -14,7 +14,7 @@ each object class ``c``:
   frequent (over the dissected samples), on held-out seeds where ``c`` covers < 50 % of the box; ``created`` =
   share of seeds where ``c`` gains ≥ 10 % of the box's pixels (26 px), vs ``k`` random units.
 
-Writes ``<out>/dissect_toyworld.json`` and grids ``<out>/toy_<concept>.png`` (rows: before, top-k ablated,
+Writes ``<out>/dissect_toyworld.json`` and grids ``<out>/toy_<concept>_<layer>.png`` (rows: before, top-k ablated,
 random-k ablated, before with the box outlined, top-k painted, random-k painted).
 
     python benchmarks/dissect_toyworld.py [--layer layer4] [--segmenter PATH] [--out docs/dissect] [--quick]
@@ -155,7 +155,7 @@ def main() -> None:
         grid = torch.cat([before[shown], ablated_top[shown], with_rule(randoms[0])[shown],
                           outline(before[shown], *top_left), painted_top[shown],
                           random_paint[0][2][shown]])  # fmt: skip
-        save_image(image_grid(grid, nrow=8), out / f"toy_{concept}.png")
+        save_image(image_grid(grid, nrow=8), out / f"toy_{concept}_{args.layer}.png")
         print(f"{concept:9s} IoU {row['best_iou']:.2f} | ablate top-{args.k}: removed {row['top_removed']:.0%} "
               f"(run time {row['top_rt_removed']:.0%}), Δ elsewhere {row['top_delta_elsewhere']:.3f}, flips "
               f"{row['top_flip_elsewhere']:.1%} | random: removed {row['random_removed']:.0%}, Δ elsewhere "
