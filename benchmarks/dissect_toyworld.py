@@ -14,8 +14,8 @@ each object class ``c``:
   frequent (over the dissected samples), on held-out seeds where ``c`` covers < 50 % of the box; ``created`` =
   share of seeds where ``c`` gains ≥ 10 % of the box's pixels (26 px), vs ``k`` random units.
 
-Writes ``<out>/dissect_toyworld.json`` and grids ``<out>/toy_<concept>_<layer>.png`` (rows: before, top-k ablated,
-random-k ablated, before with the box outlined, top-k painted, random-k painted).
+Writes ``<out>/dissect_toyworld_<layer>.json`` and grids ``<out>/toy_<concept>_<layer>.png`` (rows: before,
+top-k ablated, random-k ablated, before with the box outlined, top-k painted, random-k painted).
 
     python benchmarks/dissect_toyworld.py [--layer layer4] [--segmenter PATH] [--out docs/dissect] [--quick]
 """
