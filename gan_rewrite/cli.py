@@ -749,6 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="also export the averaged generator as a model folder here")
     train.add_argument("--device", default=None, help=DEVICE_HELP)
     train.set_defaults(run=cmd_train_toyworld)
+
+    from .dissect.cli import add_commands as add_dissect_commands  # dissect, ablate, paint
+
+    add_dissect_commands(commands)
     return parser
 
 

@@ -327,6 +327,10 @@ ALLOWED = {  # (file, call): why it is fine
     ("hub/rules.py", "write_text"): "rule.json / README.md into a private temporary folder for upload",
     ("cli.py", "save"): "KeyStats.save / RuleDelta.save (atomic)",
     ("space.py", "save"): "RuleDelta.save (atomic) into a private temporary folder (the rules kept in the browser)",
+    ("dissect/cli.py", "save"): "RuleDelta.save (atomic)",
+    ("dissect/quantiles.py", "save_file"): "inside atomic_path",
+    ("dissect/quantiles.py", "save"): "UnitQuantiles.save (atomic)",
+    ("dissect/report.py", "write_text"): "inside atomic_path (index.html, dissection.json)",
 }
 
 

@@ -77,6 +77,7 @@ def request_specs(draw: st.DrawFn) -> dict[str, Any]:
         "erase": None,
         "region": "mask",
         "stats": None,
+        "auto_layer": None,
     }
     if draw(st.booleans()):
         units = draw(st.none() | st.lists(st.integers(0, out_channels(layer) - 1), min_size=1, max_size=4, unique=True))

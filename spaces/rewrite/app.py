@@ -68,6 +68,9 @@ from gan_rewrite.space import (  # noqa: E402
     within,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # paint_tab.py, beside this file
+from paint_tab import build_paint_tab  # noqa: E402
+
 try:  # ZeroGPU Spaces: functions that need the GPU are decorated; elsewhere a no-op
     import spaces
 except ImportError:
@@ -692,6 +695,9 @@ def build_demo(
                 [*seed_boxes, *context_outputs], api_visibility="private", **quiet,
             )  # fmt: skip
         push_button.click(push, [model_box, repo_box, token_box, session], [push_md], api_name="push", **quiet)
+        build_paint_tab(
+            models=models, model_box=model_box, pictures=pictures, first_model=model, guard=refusing_bad_pictures
+        )
     demo.queue(default_concurrency_limit=4)
     launch = demo.launch  # gradio 6 takes the page's CSS at launch: make it this app's default
 
