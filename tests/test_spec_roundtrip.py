@@ -124,6 +124,7 @@ def solvable_specs(draw: st.DrawFn) -> dict[str, Any]:
         "erase": None,
         "region": "mask",
         "stats": {"n": draw(st.integers(2, 6)), "seed": draw(st.integers(0, 5)), "truncation": truncation},
+        "auto_layer": None,
         "rank": draw(st.integers(1, 2)),
     }
     if draw(st.booleans()):
@@ -135,7 +136,21 @@ def solvable_specs(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from([{"seed": 1, "mask": encode_mask(box(SIZE, 8, 8, 14, 14))}, {"seed": 1, "offset": [5, 4]}])
         )
         spec["region"] = draw(st.sampled_from(["mask", "box"]))
-    if draw(st.booleans()):
+    method = draw(st.sampled_from(["closed_form", "optimize", "bounded"]))
+    if method == "bounded":
+        spec["method"] = "bounded"
+        spec["solver"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "keep": st.sampled_from(["image", "box", "none"]),
+                    "keep_weight": st.sampled_from([0.1, 1.0]),
+                    "penalty": st.sampled_from([None, 0.01, 1.0]),
+                    "targets": st.sampled_from(["contexts", "paste"]),
+                },
+            )
+        )
+    elif method == "closed_form":
         spec["method"] = "closed_form"
         spec["solver"] = draw(
             st.fixed_dictionaries(
