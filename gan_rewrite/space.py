@@ -376,6 +376,22 @@ def within(seconds: float, call: Callable[[], Any], what: str = "the Hub") -> An
     return box.get("value")
 
 
+def parse_seed(value: Any, what: str = "") -> int:
+    """A seed from a number box: a non-negative whole number (``12.0`` is accepted, ``12.5`` and ``-1`` are not).
+
+    Raises:
+        GanRewriteError: naming the box (``what``: "copy", "paste", "context", ...) and the value.
+    """
+    name = f"{what} seed" if what else "seed"
+    try:
+        seed = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise GanRewriteError(f"The {name} must be a whole number, got {value!r}.") from None
+    if seed < 0 or seed != value:
+        raise GanRewriteError(f"The {name} must be a non-negative whole number, got {value!r}.")
+    return seed
+
+
 def rewrite_score_text(rewriter: Rewriter, delta: RuleDelta) -> str:
     """The Markdown shown beside Rewrite: how well the request's context carries over to other samples, per
     layer (the leave-one-out AUC of :meth:`Rewriter.score`), and the one-line advice. Call it with the model's

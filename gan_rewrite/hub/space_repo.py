@@ -2,7 +2,7 @@
 
 The Space repo gets everything it needs to start, in one commit, through the official client:
 
-* ``app.py`` — the app of this checkout (``spaces/rewrite/app.py``);
+* ``app.py`` — the app of this checkout (``spaces/rewrite/app.py``, with the modules beside it);
 * ``README.md`` — the Space's YAML (``sdk: gradio`` at the installed gradio's version, ``app_file``, the
   ``models`` it offers that live on the Hub, ``suggested_hardware``) above the app's own text;
 * ``requirements.txt`` — the library's own requirements, read from its installed metadata, plus ``spaces``
@@ -105,7 +105,8 @@ def stage_space(folder: Path, models: Sequence[str], hardware: str | None = None
                 "repo id 'owner/name'; a Space can only offer models it can download."
             )
     folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(folder / "app.py", app.read_bytes())
+    for module in sorted(app_dir.glob("*.py")):  # app.py and the modules beside it (paint_tab.py)
+        write_bytes_atomic(folder / module.name, module.read_bytes())
     readme = app_dir / "README.md"
     template = readme.read_text(encoding="utf-8") if readme.is_file() else "# Rewrite a GAN\n"
     write_text_atomic(folder / "README.md", space_card(models, hardware, template))

@@ -58,6 +58,7 @@ from gan_rewrite.space import (  # noqa: E402
     check_picture,
     editor_mask,
     heatmap_picture,
+    parse_seed,
     picture_file,
     preview_picture,
     rewrite_score_text,
@@ -172,12 +173,9 @@ def _scaled(rule: dict[str, Any]) -> gr_lib.RuleDelta:
 
 def _seed(value: Any, what: str) -> int:
     try:
-        seed = int(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"The {what} seed must be a whole number, got {value!r}.") from None
-    if seed < 0 or seed != value:
-        raise gr.Error(f"The {what} seed must be a non-negative whole number, got {value!r}.")
-    return seed
+        return parse_seed(value, what)
+    except GanRewriteError as err:
+        raise gr.Error(str(err)) from None
 
 
 def build_demo(
@@ -696,7 +694,8 @@ def build_demo(
             )  # fmt: skip
         push_button.click(push, [model_box, repo_box, token_box, session], [push_md], api_name="push", **quiet)
         build_paint_tab(
-            models=models, model_box=model_box, pictures=pictures, first_model=model, guard=refusing_bad_pictures
+            models=models, model_box=model_box, pictures=pictures, first_model=model, guard=refusing_bad_pictures,
+            get_model=_model,
         )
     demo.queue(default_concurrency_limit=4)
     launch = demo.launch  # gradio 6 takes the page's CSS at launch: make it this app's default

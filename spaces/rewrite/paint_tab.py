@@ -11,7 +11,7 @@ Isolation as in the rest of the app: a session's painted concepts and dissection
 ``gr.State``; the shared generator is used only under its lock and is never changed (painting is a run-time
 edit; the ablation rule is only built, not loaded). Unit quantiles are shared per (model, layer).
 
-Added to the app by ``build_paint_tab(models=models, model_box=model_box, pictures=pictures)`` inside its
+Added to the app by ``build_paint_tab(models=..., model_box=..., pictures=..., get_model=...)`` inside its
 ``gr.Blocks``.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from gan_rewrite.dissect import ablation_rule, dissect, paint
 from gan_rewrite.dissect.space import UnitTables, default_unit_layer, paint_units, paint_value, session_concepts
 from gan_rewrite.errors import GanRewriteError
-from gan_rewrite.space import SharedModels, editor_mask, picture_file, preview_picture, sample_picture
+from gan_rewrite.space import SharedModels, editor_mask, parse_seed, picture_file, preview_picture, sample_picture
 
 EDITOR_SIZE = 256
 TOP_SHOWN = 5
@@ -49,12 +49,9 @@ def _session(session: dict[str, Any], model: str, layer: str | None = None) -> d
 
 def _seed(value: Any) -> int:
     try:
-        seed = int(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"The seed must be a whole number, got {value!r}.") from None
-    if seed < 0 or seed != value:
-        raise gr.Error(f"The seed must be a non-negative whole number, got {value!r}.")
-    return seed
+        return parse_seed(value)
+    except GanRewriteError as err:
+        raise gr.Error(str(err)) from None
 
 
 def concepts_text(session: dict[str, Any]) -> str:
@@ -76,7 +73,8 @@ def dissection_text(session: dict[str, Any]) -> str:
 
 
 def build_paint_tab(*, models: SharedModels, model_box: gr.components.Component, pictures: Path,
-                    first_model: str | None = None, guard: Callable[[Any], Any] | None = None) -> None:  # fmt: skip
+                    get_model: Callable[[str], Any], first_model: str | None = None,
+                    guard: Callable[[Any], Any] | None = None) -> None:  # fmt: skip
     """Add the "Paint" tab to the enclosing ``gr.Blocks``.
 
     Args:
@@ -85,16 +83,11 @@ def build_paint_tab(*, models: SharedModels, model_box: gr.components.Component,
         pictures: the folder the app returns pictures from.
         first_model: the model shown first (its layers and first samples).
         guard: applied to each image editor (the app's refusal of unreadable or huge pictures).
+        get_model: the app's ``name → (generator, lock)``, with its refusals as ``gr.Error`` (one place
+            decides which names a Space loads).
     """
     tables = UnitTables()
-
-    def _model(name: str):
-        if not name:
-            raise gr.Error("Choose a model.")
-        try:
-            return models.get(name)
-        except GanRewriteError as err:
-            raise gr.Error(f"Cannot load model {name!r}: {err}") from None
+    _model = get_model
 
     def layers_of(name: str):
         G, lock = _model(name)
