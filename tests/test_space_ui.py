@@ -209,7 +209,7 @@ def test_the_held_out_strips_name_their_seeds(browser, space):
 def test_loaded_rules_keep_their_strength_and_description_a_reload_and_revert(browser, space, tmp_path):
     _, path = rule_file(space, tmp_path, 0.5)
     page = open_page(browser, space)
-    page.locator("input[type=file]").last.set_input_files(str(path))
+    page.locator("#rule-upload input[type=file]").set_input_files(str(path))
     page.locator("#rules").get_by_text("strength 0.5").wait_for()
     wait_idle(page)
     text = page.locator("#rules").inner_text()

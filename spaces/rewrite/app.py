@@ -625,7 +625,9 @@ def build_demo(
             remove_button = gr.Button("Remove")
         with gr.Row():
             files = gr.File(label="Download the last rule", file_count="multiple", interactive=False)
-            upload = gr.File(label="Load a rule (.safetensors)", file_types=[".safetensors"], type="filepath")
+            upload = gr.File(
+                label="Load a rule (.safetensors)", file_types=[".safetensors"], type="filepath", elem_id="rule-upload"
+            )
             with gr.Column():
                 hub_rule_box = gr.Dropdown(
                     [], value=None, allow_custom_value=True, label="…or a rule's Hub repo (owner/name)",
