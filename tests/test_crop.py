@@ -11,6 +11,7 @@ from gan_rewrite.models.stylegan2 import ModulatedConv2d
 from gan_rewrite.rewrite.context import Goal
 from gan_rewrite.rewrite.crop import goal_window, layer_crop, weight_box
 from gan_rewrite.rewrite.layers import layer_kind
+from gan_rewrite.rewrite.lowrank import low_rank_layer
 from gan_rewrite.rewrite.solve import goal_l1, solve_projected
 
 
@@ -114,9 +115,38 @@ def test_weight_box_covers_all_samples() -> None:
     assert weight_box(torch.zeros(1, 4, 4)) is None
 
 
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_low_rank_layer_gives_the_layer_output_and_gradient_at_w0_plus_lambda_d(name: str) -> None:
+    """What the optimiser's default (``variable="lambda"``) evaluates: the layer at ``W₀ + ΛDᵀ`` from
+    precomputed pieces, on a box or the whole map — the same output and the same gradient in ``Λ``."""
+    torch.manual_seed(0)
+    factory, side = LAYERS[name]
+    module = factory()
+    kind = layer_kind(module)
+    state = _state(module, 2, side)
+    direction, _ = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))
+    out_ch, _, kh, kw = kind.shape(module.weight)
+    lam = (0.3 * torch.randn(out_ch, 2, kh, kw)).requires_grad_(True)
+    for box in [*BOXES, None]:
+        fast = low_rank_layer(kind, module, state, direction, box)
+        full = kind.output(module, state, module.weight.detach() + kind.delta_weight(direction.float(), lam))
+        if box is not None:
+            top, left, bottom, right = box
+            full = full[..., top:bottom, left:right]
+        mine = fast.output(lam)
+        torch.testing.assert_close(mine, full, rtol=1e-5, atol=1e-5)
+        target = torch.randn_like(full)
+        (grad_full,) = torch.autograd.grad((full - target).abs().sum(), [lam])
+        (grad_fast,) = torch.autograd.grad((mine - target).abs().sum(), [lam])
+        assert grad_full.abs().max() > 0
+        torch.testing.assert_close(grad_fast, grad_full, rtol=1e-4, atol=1e-5 * float(grad_full.abs().max()))
+
+
+@pytest.mark.parametrize("variable", ["lambda", "weight"])
 @pytest.mark.parametrize("name", ["dcgan-convT", "progan-conv", "stylegan2-modconv-up"])
-def test_projected_solver_with_the_crop_follows_the_whole_map_path(name: str) -> None:
-    """The whole optimiser (fused Adam, projection) takes the same steps on the cropped loss."""
+def test_projected_solver_with_the_crop_follows_the_whole_map_path(name: str, variable: str) -> None:
+    """The whole optimiser (fused Adam, projection) takes the same steps on its own fast loss (the low-rank
+    layer for ``Λ``, the cropped layer for the weight) as on a whole-map loss handed over as code."""
     factory, side = LAYERS[name]
     module = factory()
     kind = layer_kind(module)
@@ -126,7 +156,7 @@ def test_projected_solver_with_the_crop_follows_the_whole_map_path(name: str) ->
     weight[:, 3:8, 2:9] = 1.0
     goal = Goal(state=state, target=full + torch.randn_like(full), weight=weight)
     direction, _ = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))
-    options = dict(steps=25, project_every=5, patience=100, progress=False)
+    options = dict(steps=25, project_every=5, patience=100, progress=False, variable=variable)
     lam_crop = solve_projected(kind, module, goal, direction, **options)
     whole_map = goal_l1(kind, module, goal, crop=False)
     lam_full = solve_projected(kind, module, goal, direction, loss_fn=whole_map, **options)

@@ -240,7 +240,7 @@ def test_image_loss_is_recorded_and_solve_spec_reproduces_it(tiny: DCGANGenerato
     rw.set_copy(0, box(16, 2, 2, 8, 8))
     rw.set_paste(1, box(16, 6, 8, 12, 14))
     delta = rw.solve(rank=1, method="optimize", loss="image", steps=40, progress=False)
-    assert delta.spec["solver"] == {"loss": "image", "steps": 40, "progress": False}
+    assert delta.spec["solver"] == {"loss": "image", "steps": 40, "progress": False, "variable": "lambda"}
     assert all(p.grad is None for p in tiny.parameters())  # only the edited copy of the weight gets gradients
     layer = rw.solve(rank=1, method="optimize", steps=40, progress=False)
     assert not torch.equal(layer.layers["layer2"].lam, delta.layers["layer2"].lam)  # the loss matters

@@ -72,7 +72,8 @@ def test_closed_form_is_the_least_squares_optimum(name: str, module: nn.Module, 
         assert value < loss(lam.detach() * 1.05) and value < loss(lam.detach() * 0.95)
 
 
-def test_projected_solver_reduces_the_loss_and_stays_in_span() -> None:
+@pytest.mark.parametrize("variable", ["lambda", "weight"])
+def test_projected_solver_reduces_the_loss_and_stays_in_span(variable: str) -> None:
     torch.manual_seed(2)
     module = nn.ConvTranspose2d(8, 6, 4, 2, 1, bias=False)
     kind = layer_kind(module)
@@ -87,7 +88,7 @@ def test_projected_solver_reduces_the_loss_and_stays_in_span() -> None:
     loss = goal_l1(kind, module, goal)
     weight0 = module.weight.detach().clone()
     before = float(loss(weight0))
-    lam = solve_projected(kind, module, goal, direction, steps=300, lr=0.02, progress=False)
+    lam = solve_projected(kind, module, goal, direction, steps=300, lr=0.02, progress=False, variable=variable)
     dw = kind.delta_weight(direction, lam)
     assert float(loss(weight0 + dw)) < 0.6 * before
     # The update lies in span D: keys orthogonal to D are untouched.
@@ -152,6 +153,27 @@ def test_projected_solver_rejects_bad_loss_options() -> None:
         solve_projected(kind, module, goal, direction, loss="pixel", steps=2, progress=False)
     with pytest.raises(RuleError, match="needs `render`"):
         solve_projected(kind, module, goal, direction, loss="image", steps=2, progress=False)
+    with pytest.raises(RuleError, match="`variable` must be one of"):
+        solve_projected(kind, module, goal, direction, variable="w", steps=2, progress=False)
     with pytest.raises(RuleError, match="not both"):
         solve_projected(kind, module, goal, direction, loss="image", loss_fn=lambda w: w.sum(), steps=2, progress=False)
     assert solve.LOSSES == ("layer", "image") and solve.CHOICES["loss"] == solve.LOSSES
+
+
+def test_the_two_optimiser_variables_take_different_paths_to_the_same_kind_of_rule() -> None:
+    """``variable="lambda"`` (Adam on Λ) and ``"weight"`` (Adam on W, projected) both fit the goal, by
+    different steps (the option reaches the solver)."""
+    torch.manual_seed(5)
+    module = nn.Conv2d(6, 4, 3, padding=1, bias=False)
+    kind = layer_kind(module)
+    state = LayerState(features=torch.randn(1, 6, 6, 6))
+    out = kind.output(module, state).detach()
+    goal = Goal(state, out + torch.randn_like(out), torch.ones(1, 6, 6))
+    direction, _ = torch.linalg.qr(torch.randn(6, 1))
+    by_lambda = solve_projected(kind, module, goal, direction, steps=60, progress=False)
+    by_weight = solve_projected(kind, module, goal, direction, steps=60, progress=False, variable="weight")
+    assert not torch.equal(by_lambda, by_weight)
+    loss = goal_l1(kind, module, goal)
+    w0 = module.weight.detach()
+    for lam in (by_lambda, by_weight):
+        assert float(loss(w0 + kind.delta_weight(direction, lam))) < float(loss(w0))

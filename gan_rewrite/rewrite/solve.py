@@ -5,12 +5,14 @@
   ``r·kh·kw`` unknowns per channel: milliseconds. For StyleGAN2 the demodulation gain is held at its
   value for ``W₀`` (the residual is divided by it), which is exact for the original weight and a
   first-order approximation after the edit.
-* :func:`solve_projected` — the paper's procedure: Adam on the full weight, with an L1 loss on the
-  layer output (``loss="layer"``, evaluated exactly on the goal's bounding box only, :mod:`.crop`), on
-  the final image (``loss="image"``: the edited layer's output is run through the rest of the generator
-  by a ``render`` callable), or any ``loss_fn`` you pass, projecting
-  ``W − W₀`` onto span ``D`` every few steps. Slower; exact for demodulation, allows non-quadratic losses
-  and losses measured further down the network.
+* :func:`solve_projected` — Adam within span ``D``, with an L1 loss on the layer output
+  (``loss="layer"``), on the final image (``loss="image"``: the edited layer's output is run through the
+  rest of the generator by a ``render`` callable), or any ``loss_fn`` you pass. By default Adam updates
+  ``Λ`` itself and the layer is evaluated from precomputed low-rank pieces (:mod:`.lowrank`, exact);
+  ``variable="weight"`` is the paper's procedure, Adam on the full weight (the layer evaluated exactly on
+  the goal's bounding box only, :mod:`.crop`) projecting ``W − W₀`` onto span ``D`` every few steps.
+  Slower than the closed forms; exact for demodulation, allows non-quadratic losses and losses measured
+  further down the network.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..errors import RuleError
 from .context import Goal
 from .crop import goal_window, layer_crop, weight_box
 from .layers import LayerKind
+from .lowrank import low_rank_layer
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +142,20 @@ def goal_image_l1(
     on the whole map would save little: at StyleGAN2's ``layer8`` the later layers cost several times
     more than the layer itself.
     """
+    of_output = image_l1_of_output(goal, render)
+    return lambda w: of_output(kind.output(module, goal.state, w))
+
+
+def image_l1_of_output(goal: Goal, render: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """:func:`goal_image_l1` as a function of the layer's output ``(N, O, H, W)`` rather than its weight."""
     with torch.no_grad():
         target = render(goal.target.detach()).detach()
     weight = goal.weight[:, None].to(target.device, target.dtype)
     weight = F.interpolate(weight, size=target.shape[-2:], mode="bilinear", align_corners=False)  # (N, 1, H', W')
     total = weight.sum() * target.shape[1]
 
-    def loss(w: Tensor) -> Tensor:
-        return ((render(kind.output(module, goal.state, w)) - target).abs() * weight).sum() / total
+    def loss(output: Tensor) -> Tensor:
+        return ((render(output) - target).abs() * weight).sum() / total
 
     return loss
 
@@ -154,13 +163,19 @@ def goal_image_l1(
 LOSSES = ("layer", "image")
 """The values of :func:`solve_projected`'s ``loss`` option (recorded in rule specs)."""
 
+VARIABLES = ("lambda", "weight")
+"""The values of :func:`solve_projected`'s ``variable`` option (recorded in rule specs)."""
+
+LAMBDA_LR_FACTOR = 1.0
+"""``variable="lambda"``'s default step size relative to the weight's (see :func:`solve_projected`)."""
+
 KEEPS = ("image", "box", "none")
 """The values of :func:`solve_bounded`'s ``keep`` option."""
 
 TARGETS = ("contexts", "paste")
 """The values of :func:`solve_bounded`'s ``targets`` option (which samples the Rewriter builds goals on)."""
 
-CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "keep": KEEPS, "targets": TARGETS}
+CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "keep": KEEPS, "targets": TARGETS, "variable": VARIABLES}
 """String solver options and their allowed values (``check_spec`` validates specs against them)."""
 
 CODE_OPTIONS = frozenset({"loss_fn", "render", "moment"})
@@ -178,12 +193,13 @@ def solve_projected(
     loss_fn: Callable[[Tensor], Tensor] | None = None,
     steps: int = 1000,
     lr: float | None = None,
+    variable: str = "lambda",
     project_every: int = 10,
     patience: int = 100,
     tol: float = 1e-4,
     progress: bool = True,
 ) -> Tensor:
-    """Adam on the layer weight, projecting ``W − W₀`` onto span ``D`` every ``project_every`` steps.
+    """Adam on the rule within span ``D``: on ``Λ`` itself (default), or on the weight with projections.
 
     Args:
         kind, module, goal, direction: as for :func:`solve_closed_form`.
@@ -195,8 +211,14 @@ def solve_projected(
         loss_fn: ``weight → scalar``, replacing ``loss``: the code-level escape hatch (not recorded in
             specs, so a rule solved with it cannot be re-solved from its spec).
         steps: maximum Adam steps.
-        lr: Adam step size; default ``0.01 ×`` the weight's standard deviation.
-        project_every: steps between projections.
+        lr: Adam step size; default ``0.01 ×`` the weight's standard deviation (``variable="weight"``), times
+            :data:`LAMBDA_LR_FACTOR` for ``variable="lambda"``.
+        variable: what Adam updates. ``"lambda"`` (default): ``Λ``, the rule's coordinates in span ``D``, with
+            the layer evaluated from precomputed pieces (:mod:`~gan_rewrite.rewrite.lowrank`, exact): each
+            step costs a small ``O × r·kh·kw`` product instead of the layer's convolution. ``"weight"``: the
+            paper's reference procedure, Adam on the whole weight, projecting ``W − W₀`` onto span ``D``
+            every ``project_every`` steps.
+        project_every: steps between projections (``variable="weight"`` only).
         patience: stop when the best loss has not improved by a relative ``tol`` for this many steps.
         progress: show a tqdm bar.
 
@@ -213,33 +235,53 @@ def solve_projected(
         raise ValueError(f"`steps` and `project_every` must be >= 1, got {steps} and {project_every}.")
     if loss not in LOSSES:
         raise RuleError(f"solver option `loss` must be one of {list(LOSSES)}, got {loss!r}.")
+    if variable not in VARIABLES:
+        raise RuleError(f"solver option `variable` must be one of {list(VARIABLES)}, got {variable!r}.")
     if loss_fn is not None and loss != "layer":
         raise RuleError(f"give either `loss_fn` or `loss`={loss!r}, not both.")
     if loss == "image" and render is None:
         raise RuleError("`loss='image'` needs `render` (layer output → images); `Rewriter.solve` supplies it.")
     weight0 = module.weight.detach().clone()
     direction = direction.to(weight0.device, weight0.dtype)
-    if loss_fn is None:
-        loss_fn = goal_image_l1(kind, module, goal, render) if loss == "image" else goal_l1(kind, module, goal)
-    weight = weight0.clone().requires_grad_(True)
     step_size = lr if lr is not None else 0.01 * float(weight0.std())
-    optimizer = torch.optim.Adam([weight], lr=step_size, **_adam_kernel(weight))
+    if variable == "lambda":
+        objective = lambda_objective(kind, module, goal, direction, loss, render, loss_fn)
+        out_ch, _, kh, kw = kind.shape(weight0)
+        param = torch.zeros(out_ch, direction.shape[1], kh, kw, dtype=weight0.dtype, device=weight0.device)
+        param.requires_grad_(True)
+        step_size = step_size if lr is not None else step_size * LAMBDA_LR_FACTOR
 
-    def project() -> None:
-        with torch.no_grad():
-            lam = kind.lambda_from_delta(weight - weight0, direction)
-            weight.copy_(weight0 + kind.delta_weight(direction, lam))
+        def project() -> None:
+            return None
 
+        def result() -> Tensor:
+            return param.detach()
+
+    else:
+        if loss_fn is None:
+            loss_fn = goal_image_l1(kind, module, goal, render) if loss == "image" else goal_l1(kind, module, goal)
+        objective = loss_fn
+        param = weight0.clone().requires_grad_(True)
+
+        def project() -> None:
+            with torch.no_grad():
+                lam = kind.lambda_from_delta(param - weight0, direction)
+                param.copy_(weight0 + kind.delta_weight(direction, lam))
+
+        def result() -> Tensor:
+            return kind.lambda_from_delta(param.detach() - weight0, direction)
+
+    optimizer = torch.optim.Adam([param], lr=step_size, **_adam_kernel(param))
     best, since = float("inf"), 0
     bar = tqdm(range(steps), desc="rewrite (projected)", unit="step", disable=not progress)
     for step in bar:
-        value_t = loss_fn(weight)
-        # Only the edited weight's gradient: a loss through the rest of the generator must not fill the
-        # `.grad` of the model's own parameters.
-        (grad,) = torch.autograd.grad(value_t, [weight])
-        # Fused Adam reads the gradient as laid out like the weight: a transposed one (a cropped
+        value_t = objective(param)
+        # Only the rule's gradient: a loss through the rest of the generator must not fill the `.grad` of
+        # the model's own parameters.
+        (grad,) = torch.autograd.grad(value_t, [param])
+        # Fused Adam reads the gradient as laid out like the parameter: a transposed one (a cropped
         # ConvTranspose2d's) would be silently misread.
-        weight.grad = grad if grad.stride() == weight.stride() else grad.contiguous()
+        param.grad = grad if grad.stride() == param.stride() else grad.contiguous()
         optimizer.step()
         if (step + 1) % project_every == 0:
             project()
@@ -254,7 +296,37 @@ def solve_projected(
                 break
     project()
     with torch.no_grad():
-        return kind.lambda_from_delta(weight - weight0, direction).float().cpu()
+        return result().float().cpu()
+
+
+def lambda_objective(
+    kind: LayerKind,
+    module: nn.Module,
+    goal: Goal,
+    direction: Tensor,
+    loss: str,
+    render: Callable[[Tensor], Tensor] | None,
+    loss_fn: Callable[[Tensor], Tensor] | None,
+) -> Callable[[Tensor], Tensor]:
+    """``Λ → loss``: the same loss as :func:`goal_l1` / :func:`goal_image_l1` / ``loss_fn`` at the weight
+    ``W₀ + ΛDᵀ``, with the layer evaluated from :func:`~gan_rewrite.rewrite.lowrank.low_rank_layer`."""
+    weight0 = module.weight.detach().clone()
+    if loss_fn is not None:  # code we cannot look into: hand it the whole weight
+        return lambda lam: loss_fn(weight0 + kind.delta_weight(direction, lam))
+    if loss == "image":
+        layer = low_rank_layer(kind, module, goal.state, direction)
+        image_loss = image_l1_of_output(goal, render)
+        return lambda lam: image_loss(layer.output(lam))
+    box = weight_box(goal.weight)
+    layer = low_rank_layer(kind, module, goal.state, direction, box)
+    target = goal.target.detach()
+    weight = goal.weight.to(target.device, target.dtype)[:, None]
+    total = weight.sum() * target.shape[1]
+    if box is not None:
+        top, left, bottom, right = box
+        target = target[..., top:bottom, left:right]
+        weight = weight[..., top:bottom, left:right]
+    return lambda lam: ((layer.output(lam) - target).abs() * weight).sum() / total
 
 
 def _adam_kernel(weight: Tensor) -> dict[str, bool]:
