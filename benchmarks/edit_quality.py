@@ -22,6 +22,7 @@ output at the auto layer (the copy pasted into that face's layer output at the r
 through the rest of the generator: what a perfect rule at that layer could show.
 
     python benchmarks/edit_quality.py [--requests moustache,blue-cap] [--grids examples] [--quick]
+    python benchmarks/edit_quality.py --responses   # why: how the rule's direction fires, held out vs in-sample
 """
 
 from __future__ import annotations
@@ -278,6 +279,40 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
     return rows
 
 
+# ----- why: how strongly the rule's direction fires where ---------------------------------------------
+@torch.no_grad()
+def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str) -> dict[str, float]:
+    """How strongly the rule's context direction ``D`` (rank 1, from all the request's contexts) fires
+    *in-sample* (the context regions it was built from), in the band of the held-out faces, and outside it.
+
+    A rank-one rule changes the layer's output at a key location by exactly ``Λ · Dᵀk`` (before the layer's
+    activation and everything after it), so these three numbers bound what any ``Λ`` can do at ``D``: the
+    held-out band gets ``heldout / insample`` of the change the solve fitted on the contexts, and a rule that
+    moves the held-out band by ``x`` moves 1 % of the key locations outside the band by at least
+    ``x · outside_p99 / heldout``.
+    """
+    rw = build(G, req, layer)
+    rw.compute_stats(n=1000, progress=False)
+    keys, weights = rw.context_keys()
+    direction = rw.directions(1)[:, 0]
+    insample = float((weights * (keys @ direction)).sum() / weights.sum())
+    seeds = req["held_out"]
+    module = G.layer_module(layer)
+    state = G.forward_to(layer, G.make_latents(seeds), None, noise=G.make_noise(seeds, layers=G.layer_index(layer)))
+    response = torch.einsum("nihw,i->nhw", rw.kind.keys(module, state).to(torch.float64), direction.to(torch.float64))
+    band = gr.rewrite.context.downsample_mask(band_mask(req).float(), tuple(response.shape[-2:]))
+    inside, outside = band >= 0.99, band <= 0.01
+    if not inside.any():  # a band narrower than one key location: its best-covered locations
+        inside = band >= band.max() * 0.99
+    per_face = response[:, inside].mean(1)
+    p99 = float(torch.quantile(response[:, outside].reshape(-1), 0.99))
+    heldout = float(per_face.median())
+    return {
+        "insample": insample, "heldout": heldout, "outside_p99": p99,
+        "faces_above_p99": int((per_face > p99).sum()), "key_side": int(response.shape[-1]),
+    }
+
+
 def _fmt(name: str, row: dict[str, Any]) -> str:
     d0, d1 = row["paste"]
     return (
@@ -288,14 +323,29 @@ def _fmt(name: str, row: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    names = sorted(p.stem for p in REQUESTS.glob("*.json"))
+    names = sorted(p.stem for p in REQUESTS.glob("*.json") if "model" not in json.loads(p.read_text()))
     parser.add_argument("--requests", default=",".join(names))
     parser.add_argument("--grids", type=Path, default=None, help="write quality-<request>.png grids here")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
     parser.add_argument("--quick", action="store_true", help="old and new defaults only (plus baseline, oracle)")
+    parser.add_argument("--responses", action="store_true",
+                        help="only the response profile of each request's direction at layers 2-4 (the why)")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     G = gr.load_generator("dcgan-faces-64")
+    if args.responses:
+        print("| request | layer (keys) | in-sample | held-out band (median) | outside band, 99th pct | "
+              "held-out ÷ in-sample | held-out ÷ outside p99 | faces above outside p99 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in args.requests.split(","):
+            req = load_request(name)
+            for layer in ("layer2", "layer3", "layer4"):
+                r = response_profile(G, req, layer)
+                print(f"| `{name}` | {layer} ({r['key_side']}×{r['key_side']}) | {r['insample']:.2f} | "
+                      f"{r['heldout']:.2f} | {r['outside_p99']:.2f} | {r['heldout'] / r['insample']:.2f} | "
+                      f"{r['heldout'] / r['outside_p99']:.2f} | {r['faces_above_p99']}/{len(req['held_out'])} |",
+                      flush=True)
+        return
     everything = {}
     for name in args.requests.split(","):
         everything[name] = run_request(G, name, args.quick, args.grids)

@@ -12,10 +12,19 @@ import torch
 from masks import box
 
 from gan_rewrite.cli import main
+from gan_rewrite.errors import RuleError
 from gan_rewrite.models import DCGANConfig, DCGANGenerator
 from gan_rewrite.rewrite import Rewriter, compute_stats, solve_spec
-from gan_rewrite.rewrite.context import downsample_mask, erase_goal, output_for_keys, run_layer, weighted_keys
-from gan_rewrite.rewrite.score import candidate_layers
+from gan_rewrite.rewrite.context import (
+    DEFAULT_DIRECTION_RIDGE,
+    context_directions,
+    downsample_mask,
+    erase_goal,
+    output_for_keys,
+    run_layer,
+    weighted_keys,
+)
+from gan_rewrite.rewrite.score import DIRECTION_RIDGES, candidate_layers, layer_score
 from gan_rewrite.rewrite.solve import bounded_system, key_change, solve_bounded
 from gan_rewrite.rewrite.units import rank_units_by_selectivity, switch_off_units
 
@@ -104,6 +113,51 @@ def test_layer_auto_round_trips_through_the_spec(tiny: DCGANGenerator) -> None:
     assert request["layer"] == "auto" and "auto_layer" in request and request["auto_layer"] is None
     redo = solve_spec(tiny, request, progress=False)
     assert redo.layer_names == [chosen] and torch.equal(redo.layers[chosen].lam, delta.layers[chosen].lam)
+
+
+def test_the_score_chooses_the_direction_ridge_and_the_rule_uses_it(faces: DCGANGenerator, faces_stats) -> None:
+    """Each ridge of D is scored by leaving context examples out; the best one is kept, goes into the spec
+    and builds the rule's direction. On the eyes of six faces the plain C⁻¹k* (1e-3) is not the best."""
+    rw = Rewriter(faces, "layer3")
+    rw.set_stats(faces_stats)
+    for seed in EYE_FACES:
+        rw.add_context(seed, box(64, 24, 12, 36, 52))
+    ridges = (1e-3, 1.0, 100.0)
+    one = rw.score(["layer3"], seeds=range(5000, 5016)).layers["layer3"]
+    assert set(one.by_ridge) == set(DIRECTION_RIDGES)
+    layer = layer_score(faces, "layer3", faces_stats, [(c.seed, c.mask) for c in rw.context],
+                        seeds=range(5000, 5016), ridges=ridges)
+    assert list(layer.by_ridge) == list(ridges) and len(set(layer.by_ridge.values())) == 3  # the ridge matters
+    assert layer.ridge == max(layer.by_ridge, key=layer.by_ridge.get) and layer.auc == layer.by_ridge[layer.ridge]
+    assert layer.ridge != 1e-3 and layer.auc > layer.by_ridge[1e-3]
+    # A fixed layer solves with the default ridge (or the one given); "auto" with the score's.
+    assert rw.direction_ridge == DEFAULT_DIRECTION_RIDGE and rw.spec()["direction_ridge"] == DEFAULT_DIRECTION_RIDGE
+    auto = Rewriter(faces)
+    auto.set_stats(faces_stats)  # layer3, the default layer: scoring the other candidates computes theirs
+    for seed in EYE_FACES:
+        auto.add_context(seed, box(64, 24, 12, 36, 52))
+    auto.set_copy(35, box(64, 22, 10, 38, 54))
+    auto.set_paste(1, box(64, 22, 10, 38, 54))
+    delta = auto.solve()
+    chosen = auto.chosen.layers[auto.layer]
+    assert auto.direction_ridge == chosen.ridge == delta.spec["direction_ridge"]
+    keys, weights = auto.context_keys()
+    expected = context_directions(auto.stats, keys, weights, 1, chosen.ridge)
+    assert torch.equal(delta.layers[auto.layer].direction, expected.to(delta.layers[auto.layer].direction))
+    given = Rewriter(faces, "layer3", direction_ridge=7.0)
+    assert given.direction_ridge == 7.0 and given.spec()["direction_ridge"] == 7.0
+    with pytest.raises(RuleError, match="direction_ridge"):
+        Rewriter(faces, "layer3", direction_ridge=-1.0)
+    with pytest.raises(RuleError, match="direction_ridge"):
+        Rewriter.from_spec(faces, {**delta.spec, "direction_ridge": "big"})
+
+
+def test_one_context_example_is_scored_at_the_default_ridge_only(tiny: DCGANGenerator) -> None:
+    """In-sample, a smaller ridge always looks better; with nothing to leave out the ridge is not chosen."""
+    stats = compute_stats(tiny, "layer2", n=16, use_cache=False, progress=False)
+    result = layer_score(tiny, "layer2", stats, [(0, box(16, 4, 4, 10, 10))], seeds=range(100, 104))
+    assert not result.held_out and result.by_ridge.keys() == {DEFAULT_DIRECTION_RIDGE}
+    assert result.ridge == DEFAULT_DIRECTION_RIDGE
 
 
 def test_bounded_closed_form_bounds_the_change_on_the_keys(tiny: DCGANGenerator) -> None:

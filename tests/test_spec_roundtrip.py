@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from masks import box
 
 from gan_rewrite.models import DCGANConfig, DCGANGenerator
-from gan_rewrite.rewrite.context import encode_mask, quantize_mask
+from gan_rewrite.rewrite.context import DEFAULT_DIRECTION_RIDGE, encode_mask, quantize_mask
 from gan_rewrite.rewrite.layers import layer_kind
 from gan_rewrite.rewrite.rewriter import SPEC_VERSION, Rewriter, solve_spec
 
@@ -78,6 +78,8 @@ def request_specs(draw: st.DrawFn) -> dict[str, Any]:
         "region": "mask",
         "stats": None,
         "auto_layer": None,
+        # the Rewriter writes the ridge of D for a fixed layer (1e-3 when none was given)
+        "direction_ridge": draw(st.sampled_from([1e-3, 0.5, 10.0])),
     }
     if draw(st.booleans()):
         units = draw(st.none() | st.lists(st.integers(0, out_channels(layer) - 1), min_size=1, max_size=4, unique=True))
@@ -127,6 +129,9 @@ def solvable_specs(draw: st.DrawFn) -> dict[str, Any]:
         "auto_layer": None,
         "rank": draw(st.integers(1, 2)),
     }
+    ridge = draw(st.none() | st.sampled_from([1e-3, 0.5, 10.0]))
+    if ridge is not None:  # else a spec from before the field existed
+        spec["direction_ridge"] = ridge
     if draw(st.booleans()):
         units = draw(st.none() | st.lists(st.integers(0, out_channels(layer) - 1), min_size=1, max_size=3, unique=True))
         spec["erase"] = {"seed": 3, "mask": encode_mask(box(SIZE, 2, 2, 10, 10)), "units": units}
@@ -181,6 +186,7 @@ def test_every_field_survives_a_solve_and_the_rule_is_reproduced(spec: dict[str,
     rule = solve_spec(tiny(), copy.deepcopy(spec), progress=False)
     if spec["method"] == "optimize":  # a spec from before `variable` existed was solved on the weight
         spec["solver"].setdefault("variable", "weight")
+    spec.setdefault("direction_ridge", DEFAULT_DIRECTION_RIDGE)  # and with the ridge D always had before
     assert rule.spec == spec
     assert rule.method == spec["method"] and rule.layer_names == [spec["layer"]]
     assert rule.layers[spec["layer"]].direction.shape[1] == spec["rank"]

@@ -194,13 +194,26 @@ def mean_key(keys: Tensor, weights: Tensor) -> Tensor:
     return (weights[:, None] * keys).sum(0) / weights.sum()
 
 
-def rank_one_direction(stats: KeyStats, keys: Tensor, weights: Tensor) -> Tensor:
-    """``D = C⁻¹k* / ‖C⁻¹k*‖`` ``(I, 1)``: the update direction that disturbs other keys least."""
-    d = stats.solve(mean_key(keys, weights))
+DEFAULT_DIRECTION_RIDGE = 1e-3
+"""The relative ridge ``ε`` of ``(C + ε·tr(C)/I · I)⁻¹`` in the context direction, unless the score chose one."""
+
+
+def rank_one_direction(
+    stats: KeyStats, keys: Tensor, weights: Tensor, ridge: float = DEFAULT_DIRECTION_RIDGE
+) -> Tensor:
+    """``D = C⁻¹k* / ‖C⁻¹k*‖`` ``(I, 1)``: the update direction that disturbs other keys least.
+
+    ``C⁻¹k*`` is also the least-squares linear detector of the context among all keys; with few context
+    examples it fits them too closely, and a larger ``ridge`` (``C + ridge·tr(C)/I``) makes it carry over to
+    other samples better (the leave-one-out score chooses it under ``layer="auto"``).
+    """
+    d = stats.solve(mean_key(keys, weights), eps=ridge)
     return (d / d.norm())[:, None]
 
 
-def whitened_directions(stats: KeyStats, keys: Tensor, weights: Tensor, rank: int) -> Tensor:
+def whitened_directions(
+    stats: KeyStats, keys: Tensor, weights: Tensor, rank: int, ridge: float = DEFAULT_DIRECTION_RIDGE
+) -> Tensor:
     """Rank-``r`` directions: top-``r`` principal directions of the whitened context keys.
 
     ``Z = w ⊙ (K C^-½)`` rows; ``U_r`` = its top right singular vectors; ``D = QR(C^-½ U_r)``, each column's
@@ -213,7 +226,7 @@ def whitened_directions(stats: KeyStats, keys: Tensor, weights: Tensor, rank: in
         RuleError: ``rank`` exceeds the number of context locations or the key dimension.
     """
     check_rank(rank, keys.shape[0], keys.shape[1])
-    whiten = stats.inv_sqrt()  # (I, I) symmetric
+    whiten = stats.inv_sqrt(ridge)  # (I, I) symmetric
     z = weights[:, None] * (keys @ whiten)  # (m, I)
     _, _, vh = torch.linalg.svd(z, full_matrices=False)
     directions = whiten @ vh[:rank].T  # (I, r)
@@ -235,12 +248,15 @@ def check_rank(rank: int, locations: int, dim: int) -> None:
         )
 
 
-def context_directions(stats: KeyStats, keys: Tensor, weights: Tensor, rank: int = 1) -> Tensor:
-    """``D`` ``(I, r)``: ``C⁻¹k*`` for rank 1, whitened principal directions for larger ranks."""
+def context_directions(
+    stats: KeyStats, keys: Tensor, weights: Tensor, rank: int = 1, ridge: float = DEFAULT_DIRECTION_RIDGE
+) -> Tensor:
+    """``D`` ``(I, r)``: ``C⁻¹k*`` for rank 1, whitened principal directions for larger ranks; ``C`` is
+    loaded with ``ridge·tr(C)/I`` on its diagonal."""
     check_rank(rank, keys.shape[0], keys.shape[1])
     if rank == 1:
-        return rank_one_direction(stats, keys, weights)
-    return whitened_directions(stats, keys, weights, rank)
+        return rank_one_direction(stats, keys, weights, ridge)
+    return whitened_directions(stats, keys, weights, rank, ridge)
 
 
 # ----- context search --------------------------------------------------------------------------

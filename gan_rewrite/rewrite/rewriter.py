@@ -11,6 +11,7 @@ Spec JSON (``"version": 1``)::
       "version": 1,
       "layer": "layer3",                           # or "auto" for a request not solved yet
       "auto_layer": {"scores": {"layer2": 0.77, "layer3": 0.90, "layer4": 0.87}} | null,  # how "auto" chose
+      "direction_ridge": 1.0,                      # the ridge of D; null for a request not solved yet
       "truncation": null,                          # null: the model's default
       "context": [{"seed": 3, "mask": "<mask code>"}, ...],
       "copy":  {"seed": 1, "mask": "<mask code>"},                                  # or null
@@ -34,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from torch import Tensor
 
 from ..errors import RuleError, StatsError
 from .context import (
+    DEFAULT_DIRECTION_RIDGE,
     ContextMatches,
     Goal,
     MaskLike,
@@ -119,6 +122,10 @@ class Rewriter:
             its neighbours, by the leave-one-out score of the context (:meth:`score`); the chosen layer is
             written into the spec, so ``solve_spec`` reproduces the rule exactly. ``None``: the model's
             ``default_layer``.
+        direction_ridge: the relative ridge of the context direction, ``(C + ridge·tr(C)/I)⁻¹k*``.
+            ``None`` (default): chosen with the layer by the score under ``layer="auto"`` (the ridge whose
+            direction carries over best to left-out context examples), else
+            :data:`~gan_rewrite.rewrite.context.DEFAULT_DIRECTION_RIDGE`. Written into the spec.
         truncation: truncation for every sample the request refers to (``None``: the model's default).
         base_model: repo id or name recorded in the rule (default: the Hub repo the generator was loaded
             from, else from ``G.config.extra``).
@@ -145,8 +152,15 @@ class Rewriter:
         truncation: float | None = None,
         base_model: str | None = None,
         base_revision: str | None = None,
+        direction_ridge: float | None = None,
     ) -> None:
         self.G = G
+        if direction_ridge is not None and not (
+            isinstance(direction_ridge, (int, float)) and not isinstance(direction_ridge, bool)
+            and math.isfinite(direction_ridge) and direction_ridge > 0
+        ):
+            raise RuleError(f"`direction_ridge` must be a positive number or None, got {direction_ridge!r}.")
+        self._direction_ridge = None if direction_ridge is None else float(direction_ridge)
         self.auto = layer == AUTO
         self._layer = G.config.default_layer if layer is None or self.auto else layer
         G.layer_index(self._layer)  # LayerError names the valid layers
@@ -184,6 +198,16 @@ class Rewriter:
         """The score that fixed the layer under ``layer="auto"`` (``None`` with a fixed layer, or before
         :meth:`choose_layer` / :meth:`solve` ran)."""
         return self._chosen
+
+    @property
+    def direction_ridge(self) -> float:
+        """The ridge of the context direction used now: the one given, else the one the score chose with
+        the layer under ``"auto"``, else :data:`~gan_rewrite.rewrite.context.DEFAULT_DIRECTION_RIDGE`."""
+        if self._direction_ridge is not None:
+            return self._direction_ridge
+        if self.auto and self._chosen is not None and self._layer in self._chosen.layers:
+            return self._chosen.layers[self._layer].ridge
+        return DEFAULT_DIRECTION_RIDGE
 
     @property
     def kind(self) -> LayerKind:
@@ -510,12 +534,12 @@ class Rewriter:
     def directions(self, rank: int = 1) -> Tensor:
         """The context directions ``D`` ``(I, r)`` (needs statistics)."""
         keys, weights = self.context_keys()
-        return context_directions(self._require_stats(), keys, weights, rank)
+        return context_directions(self._require_stats(), keys, weights, rank, self.direction_ridge)
 
     def search(self, seeds: Sequence[int], *, rank: int = 1, quantile: float = 0.999) -> ContextMatches:
         """Where the context direction fires in other samples (seeds ranked by best match)."""
         keys, weights = self.context_keys()
-        direction = context_directions(self._require_stats(), keys, weights, rank)[:, 0]
+        direction = context_directions(self._require_stats(), keys, weights, rank, self.direction_ridge)[:, 0]
         return search_context(
             self.G,
             self.layer,
@@ -612,7 +636,7 @@ class Rewriter:
                 self.layer,
             )
         keys, weights = self.context_keys()
-        direction = context_directions(stats, keys, weights, rank)  # (I, r) float64
+        direction = context_directions(stats, keys, weights, rank, self.direction_ridge)  # (I, r) float64
         options = dict(solver_kwargs)
         if method == "bounded":
             goals: Goal | list[Goal] = self.goals(str(options.get("targets", "contexts")))
@@ -671,6 +695,7 @@ class Rewriter:
             "version": SPEC_VERSION,
             "layer": AUTO if auto else self._layer,
             "auto_layer": None if not self.auto or auto else {"scores": self._chosen.as_dict()},
+            "direction_ridge": self._direction_ridge if auto else self.direction_ridge,
             "truncation": self.truncation,
             "context": [{"seed": p.seed, "mask": encode_mask(p.mask)} for p in self.context],
             "copy": None if self.copy is None else {"seed": self.copy.seed, "mask": encode_mask(self.copy.mask)},
@@ -698,7 +723,8 @@ class Rewriter:
         if spec["layer"] != AUTO:
             G.layer_index(spec["layer"])  # LayerError naming the model's layers
         try:
-            rw = cls(G, spec["layer"], truncation=spec.get("truncation"), **kwargs)
+            rw = cls(G, spec["layer"], truncation=spec.get("truncation"), direction_ridge=spec.get("direction_ridge"),
+                     **kwargs)
             for item in spec.get("context") or []:
                 rw.add_context(item["seed"], decode_mask(item["mask"]))
             if spec.get("copy"):

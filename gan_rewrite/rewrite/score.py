@@ -5,8 +5,9 @@ context direction singles out *the kind of place* the user painted, not just the
 context example ``j``: build ``d`` from the *other* examples (``C⁻¹k*``), then ask how well ``dᵀk`` picks
 out example ``j``'s region among every place of many samples — the AUC (the chance that a key in the
 left-out region scores above a key at a random place of a random sample; 0.5 = chance, 1 = perfect).
-The score of a layer is the mean over the left-out examples; the layer with the best score is the one
-``layer="auto"`` picks.
+The score of a layer is the mean over the left-out examples; it is computed for a few ridges of the
+direction (``(C + ridge·tr(C)/I)⁻¹k*``, :data:`DIRECTION_RIDGES`) and the best ridge is kept. The layer
+with the best score, and its ridge, are what ``layer="auto"`` picks.
 
 Measured on the embedded DCGAN faces (``examples/README.md``): see :data:`GOOD_AUC`.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RuleError
-from .context import rank_one_direction, run_layer, weighted_keys
+from .context import DEFAULT_DIRECTION_RIDGE, rank_one_direction, run_layer, weighted_keys
 from .layers import keys_matrix, layer_kind
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ SCORE_SEEDS = range(900_000, 900_064)
 GOOD_AUC = 0.9
 """Below this leave-one-out AUC a context is reported as not generalising (see ``examples/README.md``)."""
 
+DIRECTION_RIDGES = (1e-3, 1e-2, 0.1, 1.0, 10.0)
+"""The ridges of the context direction the score tries per layer (``C + ridge·tr(C)/I``); the best is kept.
+On six frozen face requests the best was 1 or 10 for five (``examples/README.md``): the plain ``C⁻¹k*``
+(1e-3) fits the context examples too closely."""
+
 
 @dataclass
 class LayerScore:
@@ -47,12 +53,17 @@ class LayerScore:
         auc: mean AUC over the left-out context examples (in-sample when there is only one example).
         per_context: the AUC of each left-out example, in the order of the context.
         held_out: ``False`` when there was a single context example, so it was scored on itself.
+        ridge: the direction's ridge that scored best (the one ``auc`` is for).
+        by_ridge: the AUC of every ridge tried (one entry, the default ridge, with a single example: an
+            in-sample score cannot tell which ridge carries over).
     """
 
     layer: str
     auc: float
     per_context: list[float]
     held_out: bool
+    ridge: float = DEFAULT_DIRECTION_RIDGE
+    by_ridge: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,11 +90,11 @@ class GeneralisationScore:
         return {name: round(s.auc, 4) for name, s in self.layers.items()}
 
     def __str__(self) -> str:
-        rows = [f"{'layer':<12} {'AUC':>6}  per left-out example"]
+        rows = [f"{'layer':<12} {'AUC':>6} {'ridge':>6}  per left-out example"]
         for name, s in self.layers.items():
             mark = " *" if name == self.best else ""
             each = ", ".join(f"{a:.2f}" for a in s.per_context)
-            rows.append(f"{name:<12} {s.auc:>6.3f}  {each}{mark}")
+            rows.append(f"{name:<12} {s.auc:>6.3f} {s.ridge:>6g}  {each}{mark}")
         return "\n".join([*rows, self.advice])
 
 
@@ -105,8 +116,10 @@ def layer_score(
     seeds: Sequence[int] = SCORE_SEEDS,
     truncation: float | None = None,
     batch_size: int = 32,
+    ridges: Sequence[float] = DIRECTION_RIDGES,
 ) -> LayerScore:
-    """Leave-one-out AUC of the context direction at ``layer`` (see the module docstring).
+    """Leave-one-out AUC of the context direction at ``layer`` (see the module docstring), for each ridge of
+    the direction in ``ridges``; the best ridge's score is returned.
 
     Args:
         G: the generator.
@@ -115,6 +128,7 @@ def layer_score(
         contexts: ``(seed, mask)`` pairs, masks ``(H, W)`` at image resolution.
         seeds: the samples whose every place is a negative.
         truncation: of every sample (``None``: the model's default).
+        ridges: the direction ridges to try (a single context example is scored at the default only).
 
     Returns:
         :class:`LayerScore`.
@@ -128,13 +142,17 @@ def layer_score(
     if any(k.shape[0] == 0 for k, _ in parts):
         raise RuleError(f"a context mask covers no location at {layer}'s resolution; paint a larger region.")
     held_out = len(parts) > 1
-    directions = []
-    for j in range(len(parts)):
-        rest = [p for i, p in enumerate(parts) if i != j] if held_out else parts
-        keys = torch.cat([k for k, _ in rest])
-        weights = torch.cat([w for _, w in rest])
-        directions.append(rank_one_direction(stats, keys, weights)[:, 0])
-    d = torch.stack(directions, 1)  # (I, folds)
+    ridges = [float(r) for r in ridges] if held_out else [DEFAULT_DIRECTION_RIDGE]
+    if not ridges or any(not r > 0 for r in ridges):
+        raise RuleError(f"`ridges` must be positive numbers, got {list(ridges)}.")
+    directions = []  # fold-major within each ridge: column = ridge_index · folds + fold
+    for ridge in ridges:
+        for j in range(len(parts)):
+            rest = [p for i, p in enumerate(parts) if i != j] if held_out else parts
+            keys = torch.cat([k for k, _ in rest])
+            weights = torch.cat([w for _, w in rest])
+            directions.append(rank_one_direction(stats, keys, weights, ridge)[:, 0])
+    d = torch.stack(directions, 1)  # (I, ridges · folds)
     module = G.layer_module(layer)
     kind = layer_kind(module)
     seeds = [int(s) for s in seeds]
@@ -145,11 +163,20 @@ def layer_score(
         state = G.forward_to(layer, G.make_latents(chunk), truncation, noise=noise)
         keys = keys_matrix(kind.keys(module, state)).to("cpu", torch.float64)  # (B·h·w, I)
         negatives.append(keys @ d)
-    scores = torch.cat(negatives)  # (places, folds)
-    per = []
-    for j, (keys, weights) in enumerate(parts):
-        per.append(_auc(keys @ d[:, j], weights, torch.sort(scores[:, j]).values))
-    return LayerScore(layer=layer, auc=sum(per) / len(per), per_context=per, held_out=held_out)
+    scores = torch.cat(negatives)  # (places, ridges · folds)
+    per_ridge = []
+    for r in range(len(ridges)):
+        per = []
+        for j, (keys, weights) in enumerate(parts):
+            column = r * len(parts) + j
+            per.append(_auc(keys @ d[:, column], weights, torch.sort(scores[:, column]).values))
+        per_ridge.append(per)
+    means = [sum(per) / len(per) for per in per_ridge]
+    best = max(range(len(ridges)), key=means.__getitem__)  # the first (smallest) ridge wins a tie
+    return LayerScore(
+        layer=layer, auc=means[best], per_context=per_ridge[best], held_out=held_out, ridge=ridges[best],
+        by_ridge=dict(zip(ridges, means, strict=True)),
+    )
 
 
 def candidate_layers(G: GANGenerator) -> list[str]:

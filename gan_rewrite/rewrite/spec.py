@@ -25,11 +25,13 @@ MAX_SOLVER_INT = 100_000  # any integer solver option (`steps`, `project_every`,
 MAX_MASK_CODE = 4 << 20  # characters in one mask code: a 1024² checkerboard needs ~2 MB
 MAX_OFFSET = 8192  # |dy|, |dx| of `paste.offset`, in pixels
 MAX_LAYERS = 64  # layers scored in `auto_layer` (a 1024px StyleGAN2 has 17)
+MIN_DIRECTION_RIDGE, MAX_DIRECTION_RIDGE = 1e-12, 1e6  # `direction_ridge`: beyond 1e6, D is k* itself
 
 _SPEC_FIELDS = {
     "version",
     "layer",
     "auto_layer",
+    "direction_ridge",
     "truncation",
     "context",
     "copy",
@@ -173,6 +175,8 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
                 f"field `auto_layer` must be null or {{\"scores\": {{layer: number}}}} (at most {MAX_LAYERS} "
                 f"layers), got {short_repr(auto)}."
             )
+    _check_number(spec, "direction_ridge", "direction_ridge", low=MIN_DIRECTION_RIDGE, high=MAX_DIRECTION_RIDGE,
+                  optional=True)
     if erase is None and (spec.get("copy") is None or paste is None):
         raise RuleError("no goal: give both `copy` and `paste`, or `erase`.")
     if erase is not None and (spec.get("copy") is not None or paste is not None):
