@@ -40,7 +40,7 @@ import torch
 
 import gan_rewrite as gr
 from gan_rewrite.imaging import image_grid, save_image
-from gan_rewrite.rewrite.context import erase_goal, paste_goal
+from gan_rewrite.rewrite.context import DEFAULT_DIRECTION_RIDGE, erase_goal, paste_goal
 from gan_rewrite.rewrite.solve import goal_image_l1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +75,12 @@ def mask_of(G: gr.GANGenerator, item: dict[str, Any]) -> np.ndarray:
     return ex.dark_pixels(G, item["seed"], ex.rect(*item["dark_in_box"]), item["quantile"])
 
 
-def build(G: gr.GANGenerator, req: dict[str, Any], layer: str | None, *, old_erase: bool = False) -> gr.Rewriter:
+def build(
+    G: gr.GANGenerator, req: dict[str, Any], layer: str | None, *, old_erase: bool = False,
+    direction_ridge: float | None = None,
+) -> gr.Rewriter:
     """A Rewriter for the request at ``layer`` (``"auto"`` for the new default)."""
-    rw = gr.Rewriter(G, layer=layer, base_model="dcgan-faces-64")
+    rw = gr.Rewriter(G, layer=layer, base_model="dcgan-faces-64", direction_ridge=direction_ridge)
     for item in req["context"]:
         rw.add_context(item["seed"], mask_of(G, item))
     if req["kind"] == "erase":
@@ -281,9 +284,10 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
 
 # ----- why: how strongly the rule's direction fires where ---------------------------------------------
 @torch.no_grad()
-def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str) -> dict[str, float]:
-    """How strongly the rule's context direction ``D`` (rank 1, from all the request's contexts) fires
-    *in-sample* (the context regions it was built from), in the band of the held-out faces, and outside it.
+def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str, ridge: float) -> dict[str, float]:
+    """How strongly the rule's context direction ``D`` (rank 1, from all the request's contexts, with the
+    given direction ridge) fires *in-sample* (the context regions it was built from), in the band of the
+    held-out faces, and outside it.
 
     A rank-one rule changes the layer's output at a key location by exactly ``Λ · Dᵀk`` (before the layer's
     activation and everything after it), so these three numbers bound what any ``Λ`` can do at ``D``: the
@@ -291,7 +295,7 @@ def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str) -> dic
     moves the held-out band by ``x`` moves 1 % of the key locations outside the band by at least
     ``x · outside_p99 / heldout``.
     """
-    rw = build(G, req, layer)
+    rw = build(G, req, layer, direction_ridge=ridge)
     rw.compute_stats(n=1000, progress=False)
     keys, weights = rw.context_keys()
     direction = rw.directions(1)[:, 0]
@@ -334,17 +338,22 @@ def main() -> None:
     torch.set_grad_enabled(True)
     G = gr.load_generator("dcgan-faces-64")
     if args.responses:
-        print("| request | layer (keys) | in-sample | held-out band (median) | outside band, 99th pct | "
+        print("| request | layer (keys) | ridge | in-sample | held-out band (median) | outside band, 99th pct | "
               "held-out ÷ in-sample | held-out ÷ outside p99 | faces above outside p99 |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name in args.requests.split(","):
             req = load_request(name)
             for layer in ("layer2", "layer3", "layer4"):
-                r = response_profile(G, req, layer)
-                print(f"| `{name}` | {layer} ({r['key_side']}×{r['key_side']}) | {r['insample']:.2f} | "
-                      f"{r['heldout']:.2f} | {r['outside_p99']:.2f} | {r['heldout'] / r['insample']:.2f} | "
-                      f"{r['heldout'] / r['outside_p99']:.2f} | {r['faces_above_p99']}/{len(req['held_out'])} |",
-                      flush=True)
+                probe = build(G, req, layer)
+                probe.compute_stats(n=1000, progress=False)
+                chosen = probe.score([layer]).layers[layer].ridge  # the ridge "auto" would use at this layer
+                for ridge in sorted({DEFAULT_DIRECTION_RIDGE, chosen}):
+                    r = response_profile(G, req, layer, ridge)
+                    mark = " (score's)" if ridge == chosen else ""
+                    print(f"| `{name}` | {layer} ({r['key_side']}×{r['key_side']}) | {ridge:g}{mark} | "
+                          f"{r['insample']:.2f} | {r['heldout']:.2f} | {r['outside_p99']:.2f} | "
+                          f"{r['heldout'] / r['insample']:.2f} | {r['heldout'] / r['outside_p99']:.2f} | "
+                          f"{r['faces_above_p99']}/{len(req['held_out'])} |", flush=True)
         return
     everything = {}
     for name in args.requests.split(","):
