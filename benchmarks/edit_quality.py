@@ -13,13 +13,14 @@ strength a user gets) and the held-out faces are drawn before and after:
   through the rest of the generator) inside the goal's bounding box, before → after: must go down;
 * ``s``: seconds to solve (statistics excluded; the "auto" rows include scoring the layers).
 
-Settings: ``old`` — the previous defaults (closed form, layer3, the request's context, fit on the object's
-mask: what the Space and CLI did); ``new`` — the new defaults (``Rewriter(G)``: ``layer="auto"``,
-``solve()``); ``bounded@L`` — the new solver at a fixed layer; ``opt`` — the projected optimiser with its loss
-on the image (300 steps) at the auto layer; ``finetune`` — plain fine-tuning of the whole auto layer's weight
-on the same single goal, same loss, same steps (the baseline); ``oracle`` — each held-out face's own goal
-output at the auto layer (the copy pasted into that face's layer output at the request's place), run
-through the rest of the generator: what a perfect rule at that layer could show.
+Settings: ``old`` — the first defaults (closed form, layer3, the request's context, fit on the object's
+mask: what the Space and CLI did); ``new`` — today's defaults (``Rewriter(G)``: ``layer="auto"``,
+``solve()``: for this model the image fit over every context sample, ``FIT_CONTEXTS``); ``bounded@auto`` — the
+previous default; ``bounded@L`` — the bounded solver at a fixed layer; ``opt`` — the projected optimiser with
+its loss on the paste sample's image (300 steps) at the auto layer; ``finetune`` — plain fine-tuning of the
+whole auto layer's weight on the same single goal, same loss, same steps (the baseline); ``oracle`` — each
+held-out face's own goal output at the auto layer (the copy pasted into that face's layer output at the
+request's place), run through the rest of the generator: what a perfect rule at that layer could show.
 
     python benchmarks/edit_quality.py [--requests moustache,blue-cap] [--grids examples] [--quick]
     python benchmarks/edit_quality.py --responses   # why: how the rule's direction fires, held out vs in-sample
@@ -199,9 +200,10 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
     probe.compute_stats(n=1000, progress=False)
     score = probe.score()
     auto_layer = score.best
-    settings: list[tuple[str, str | None, str, dict[str, Any]]] = [
+    settings: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
         ("old (closed form, layer3)", "layer3", "closed_form", {}),
-        ("new default (auto, bounded)", "auto", "bounded", {}),
+        ("new default (auto, image fit over contexts)", "auto", None, {}),
+        ("bounded@auto (the previous default)", "auto", "bounded", {}),
     ]
     if not quick:
         for layer in ("layer2", "layer3", "layer4"):
@@ -215,7 +217,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         with ex.one_thread():
             start = time.perf_counter()
             opts = dict(options)
-            if method == "optimize":
+            if method in (None, "optimize"):
                 opts["progress"] = False
             delta = rw.solve(rank=1, method=method, **opts)
             elapsed = time.perf_counter() - start
@@ -232,7 +234,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
             G.unload_rules()
         row = {"setting": label, "layer": rw.layer, **evaluate(req, before, after), "paste": (d0, d1), "s": elapsed}
         rows.append(row)
-        if label.startswith(("old", "new")):
+        if label.startswith(("old", "new", "bounded@auto (")):
             pictures[label.split(" ")[0]] = after
         print(_fmt(name, row), flush=True)
 
@@ -275,7 +277,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         row["scores"] = score.as_dict()
         row["advice"] = score.advice
     if grids is not None:
-        order = ("before", "old", "new", "finetune", "oracle")
+        order = ("before", "old", "new", "bounded@auto", "finetune", "oracle")
         grid = torch.cat([pictures[k][:GRID_FACES] for k in order if k in pictures])
         big = torch.nn.functional.interpolate(grid, scale_factor=2, mode="nearest")
         save_image(image_grid(big, nrow=GRID_FACES), grids / f"quality-{name}.png")

@@ -368,8 +368,14 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
         check_spec(spec, resolution=generator.resolution)
     except RuleError as err:
         raise RuleError(f"spec {args.spec!r} does not fit {args.model}: {err}") from err
-    if spec.get("method") == "optimize":
-        print(optimize_estimate(generator, spec), file=sys.stderr)
+    planned = spec
+    if "method" not in spec:  # a request without a solve gets the library's default for this model
+        from .rewrite.rewriter import default_solver
+
+        method, options = default_solver(generator)
+        planned = {**spec, "method": method, "solver": options}
+    if planned.get("method") == "optimize":
+        print(optimize_estimate(generator, planned), file=sys.stderr)
     start = time.perf_counter()
     # A model from the Hub records the exact commit it was loaded at; `--revision` may be a branch or tag.
     from_hub = getattr(generator, "hub_source", None) is not None
@@ -398,6 +404,9 @@ def optimize_estimate(generator: GANGenerator, spec: dict[str, Any]) -> str:
     steps = int(solver.get("steps", 1000))
     seeds = [item["seed"] for key in ("copy", "paste", "erase") if isinstance(item := spec.get(key), dict)
              and isinstance(item.get("seed"), int)] or [0]  # fmt: skip
+    if solver.get("targets") == "contexts":  # the copy is pasted on every context sample as well
+        seeds += [item["seed"] for item in spec.get("context") or [] if isinstance(item, dict)
+                  and isinstance(item.get("seed"), int)]  # fmt: skip
     generator.sample(seeds[:1])  # warm-up
     start = time.perf_counter()
     generator.sample(seeds)
@@ -407,7 +416,7 @@ def optimize_estimate(generator: GANGenerator, spec: dict[str, Any]) -> str:
     return (
         f"solving with the optimiser: up to {steps} steps, roughly {rough} on {generator.device} (one forward pass "
         f"of {len(seeds)} sample(s) took {1000 * forward:.0f} ms; a step costs about three; it may stop early). "
-        "The bounded solve (`\"method\": \"bounded\"`, the default) takes about a second."
+        "The bounded solve (`\"method\": \"bounded\"`) takes about a second."
     )
 
 

@@ -17,15 +17,18 @@ from gan_rewrite.models import DCGANConfig, DCGANGenerator
 from gan_rewrite.rewrite import Rewriter, compute_stats, solve_spec
 from gan_rewrite.rewrite.context import (
     DEFAULT_DIRECTION_RIDGE,
+    Goal,
     context_directions,
     downsample_mask,
     erase_goal,
     output_for_keys,
     run_layer,
+    stack_goals,
     weighted_keys,
 )
+from gan_rewrite.rewrite.rewriter import FIT_CONTEXTS, IMAGE_FIT_MAX_RESOLUTION, default_solver
 from gan_rewrite.rewrite.score import DIRECTION_RIDGES, candidate_layers, layer_score
-from gan_rewrite.rewrite.solve import bounded_system, key_change, solve_bounded
+from gan_rewrite.rewrite.solve import bounded_system, image_l1_of_output, key_change, solve_bounded
 from gan_rewrite.rewrite.units import rank_units_by_selectivity, switch_off_units
 
 
@@ -102,7 +105,9 @@ def test_layer_auto_round_trips_through_the_spec(tiny: DCGANGenerator) -> None:
     chosen = delta.layer_names[0]
     assert chosen in candidate_layers(tiny) and chosen == rw.layer
     spec = delta.spec
-    assert spec["layer"] == chosen and spec["method"] == "bounded"
+    # The default solve of a small model: the image fit over the contexts, every option recorded.
+    assert spec["layer"] == chosen and spec["method"] == "optimize"
+    assert FIT_CONTEXTS.items() <= spec["solver"].items()
     assert set(spec["auto_layer"]["scores"]) == set(candidate_layers(tiny))
     assert max(spec["auto_layer"]["scores"], key=spec["auto_layer"]["scores"].get) == chosen
     again = solve_spec(tiny, json.loads(json.dumps(spec)), progress=False)
@@ -264,3 +269,82 @@ def test_cli_score_prints_the_table_and_advice(tiny: DCGANGenerator, tmp_path: P
     out = capsys.readouterr().out
     assert "AUC" in out and all(name in out for name in candidate_layers(tiny))
     assert "generalise" in out
+
+
+# ----- the default solve: the image fit over every context sample ------------------------------------------
+def _paste_request(G: DCGANGenerator, layer: str = "layer2") -> Rewriter:
+    rw = Rewriter(G, layer)
+    rw.compute_stats(n=24, use_cache=False, progress=False)
+    for seed in (2, 3, 4, 5):
+        rw.add_context(seed, box(16, 6, 8, 12, 14))
+    rw.set_copy(0, box(16, 2, 2, 8, 8))
+    rw.set_paste(1, box(16, 6, 8, 12, 14))
+    return rw
+
+
+def test_default_solver_is_the_image_fit_for_small_models_only(tiny: DCGANGenerator) -> None:
+    method, options = default_solver(tiny)
+    assert method == "optimize" and options == FIT_CONTEXTS
+    big = DCGANGenerator(DCGANConfig(resolution=2 * IMAGE_FIT_MAX_RESOLUTION, ngf=2, z_dim=4)).eval()
+    assert default_solver(big) == ("bounded", {})
+
+
+def test_stacked_goals_are_the_goals_run_as_one_batch(tiny: DCGANGenerator) -> None:
+    rw = _paste_request(tiny)
+    goals = rw.goals("contexts")
+    assert [g.seeds for g in goals] == [(1,), (2,), (3,), (4,), (5,)]
+    stacked = stack_goals(tiny, "layer2", goals)
+    assert stacked.seeds == (1, 2, 3, 4, 5)
+    assert torch.equal(stacked.target, torch.cat([g.target for g in goals]))
+    assert torch.equal(stacked.weight, torch.cat([g.weight for g in goals]))
+    features = torch.cat([g.state.features for g in goals])
+    assert torch.allclose(stacked.state.features, features, atol=1e-6)
+    with pytest.raises(RuleError, match="seeds"):
+        stack_goals(tiny, "layer2", [Goal(state=goals[0].state, target=goals[0].target, weight=goals[0].weight)] * 2)
+
+
+def test_the_keep_term_counts_only_pixels_outside_the_goal(tiny: DCGANGenerator) -> None:
+    rw = _paste_request(tiny)
+    goal = rw.goal()
+    render = rw.renderer(goal.state)
+    inside_only = image_l1_of_output(goal, render)
+    kept = image_l1_of_output(goal, render, keep_weight=2.0)
+    with torch.no_grad():
+        target = goal.target.clone()
+        assert float(kept(target)) == pytest.approx(0.0, abs=1e-6)
+        # Change the output far from the goal's region only: the plain loss does not see it, the kept one does.
+        region = goal.weight[0] > 0
+        far = target.clone()
+        rows = torch.nonzero(~region.any(1))[:, 0]
+        far[:, :, rows] += 1.0
+        assert float(inside_only(far)) < float(kept(far))
+        assert float(kept(far)) - float(inside_only(far)) > 0.01
+
+
+def test_fitting_the_contexts_moves_them_towards_their_goals(tiny: DCGANGenerator) -> None:
+    """targets="contexts" fits the copy pasted on every context sample, so the context samples (not only the
+    paste sample) move towards their goal images; the keep term holds the rest of those images back."""
+    rw = _paste_request(tiny)
+    goals = rw.goals("contexts")[1:]
+    stacked = stack_goals(tiny, "layer2", goals)
+    distance = image_l1_of_output(stacked, rw.renderer(stacked.state))
+    module = tiny.layer_module("layer2")
+
+    def after(delta) -> float:
+        tiny.load_rule(delta, name="t")
+        try:
+            with torch.no_grad():
+                return float(distance(rw.kind.output(module, stacked.state, module.weight)))
+        finally:
+            tiny.unload_rules()
+
+    with torch.no_grad():
+        before = float(distance(rw.kind.output(module, stacked.state, module.weight)))
+    paste_only = after(rw.solve(method="optimize", loss="image", steps=60, lr_factor=3.0, progress=False))
+    contexts = after(rw.solve(method="optimize", loss="image", targets="contexts", steps=60, lr_factor=3.0,
+                              progress=False))
+    assert contexts < paste_only and contexts < before
+    with pytest.raises(RuleError, match="loss='image'"):
+        rw.solve(method="optimize", keep_weight=1.0, steps=2, progress=False)
+    with pytest.raises(RuleError, match="lr_factor"):
+        rw.solve(method="optimize", lr=0.1, lr_factor=2.0, steps=2, progress=False)

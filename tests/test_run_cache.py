@@ -51,7 +51,8 @@ def test_a_second_solve_runs_no_forward_pass_and_gives_the_same_rule(G, forwards
     forwards.clear()
     rw = request(G, stats)
     rw.solve(rank=1)
-    assert sorted(set(forwards)) == [(1,), (2,), (3,), (4,)]
+    # One run per sample, plus (the default image fit) one batch of the goal samples, all reused below.
+    assert {(1,), (2,), (3,), (4,)} <= set(forwards) and all(set(f) <= {1, 2, 3, 4} for f in forwards)
     forwards.clear()
     lam2 = rw.solve(rank=2).layers["layer3"].lam  # new rank
     rw.set_paste(2, box(16, 6, 6, 11, 11), region="box")  # new region
@@ -72,44 +73,44 @@ def test_a_second_solve_runs_no_forward_pass_and_gives_the_same_rule(G, forwards
 def test_new_seeds_are_run(G, forwards) -> None:
     stats = compute_stats(G, "layer3", n=16, use_cache=False, progress=False)
     rw = request(G, stats)
-    rw.solve()
+    rw.solve(method="bounded")
     forwards.clear()
     rw.set_copy(7, box(16, 4, 4, 9, 9))
     rw.add_context(8, box(16, 1, 1, 5, 5))
-    lam = rw.solve().layers["layer3"].lam
+    lam = rw.solve(method="bounded").layers["layer3"].lam
     assert sorted(set(forwards)) == [(7,), (8,)]
     fresh = request(G, stats, copy_seed=7)
     fresh.add_context(8, box(16, 1, 1, 5, 5))
-    assert torch.equal(lam, fresh.solve().layers["layer3"].lam)
+    assert torch.equal(lam, fresh.solve(method="bounded").layers["layer3"].lam)
 
 
 def test_loading_a_rule_or_editing_a_weight_drops_the_runs(G, forwards) -> None:
     stats = compute_stats(G, "layer3", n=16, use_cache=False, progress=False)
     rw = request(G, stats)
-    delta = rw.solve()
+    delta = rw.solve(method="bounded")
     # A rule at an earlier layer changes the keys at layer3: everything must be run again.
     rule = Rewriter(G, "layer2")
     rule.set_stats(compute_stats(G, "layer2", n=16, use_cache=False, progress=False))
     rule.set_copy(5, box(16, 0, 0, 8, 8))
     rule.set_paste(6, box(16, 8, 8, 16, 16))
-    G.load_rule(rule.solve(), name="earlier")
+    G.load_rule(rule.solve(method="bounded"), name="earlier")
     forwards.clear()
-    on_rule = rw.solve().layers["layer3"].lam
+    on_rule = rw.solve(method="bounded").layers["layer3"].lam
     assert sorted(set(forwards)) == [(1,), (2,), (3,), (4,)]
     forwards.clear()
-    assert torch.equal(on_rule, fresh_lam(G, stats))
+    assert torch.equal(on_rule, fresh_lam(G, stats, method="bounded"))
     assert not torch.equal(on_rule, delta.layers["layer3"].lam)
     G.unload_rules()
     forwards.clear()
-    assert torch.equal(rw.solve().layers["layer3"].lam, delta.layers["layer3"].lam)
+    assert torch.equal(rw.solve(method="bounded").layers["layer3"].lam, delta.layers["layer3"].lam)
     assert forwards  # run again after the unload
     # An in-place edit of any weight, outside the rule API.
     forwards.clear()
     with torch.no_grad():
         G.layer_module("layer1").weight.mul_(1.5)
-    edited = rw.solve().layers["layer3"].lam
+    edited = rw.solve(method="bounded").layers["layer3"].lam
     assert forwards
-    assert torch.equal(edited, fresh_lam(G, stats))
+    assert torch.equal(edited, fresh_lam(G, stats, method="bounded"))
 
 
 def test_run_layer_outside_a_request_is_not_cached(G, forwards) -> None:

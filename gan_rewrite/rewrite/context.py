@@ -344,11 +344,13 @@ class Goal:
         state: the samples' :class:`LayerState` entering the layer.
         target: ``V*`` ``(N, O, H, W)``.
         weight: ``(N, H, W)`` ≥ 0, how much each output location counts.
+        seeds: the samples' seeds, in batch order (what :func:`stack_goals` re-runs as one batch).
     """
 
     state: LayerState
     target: Tensor
     weight: Tensor
+    seeds: tuple[int, ...] = ()
 
 
 def paste_goal(
@@ -403,7 +405,7 @@ def paste_goal(
     target[:, :, t0:t1, l0:l1] = a4 * patch + (1 - a4) * target[:, :, t0:t1, l0:l1]
     weight = torch.zeros(1, out_h, out_w, device=target.device)
     weight[0, t0:t1, l0:l1] = a if region == "mask" else 1.0
-    return Goal(state=target_run.state, target=target, weight=weight)
+    return Goal(state=target_run.state, target=target, weight=weight, seeds=(int(paste_seed),))
 
 
 def erase_goal(
@@ -450,13 +452,31 @@ def erase_goal(
         target = output_for_keys(kind, module, run.state, keys)
         changed = (target - run.output).abs().amax(1) > 0  # (1, H', W')
         weight = torch.maximum(alpha[0], changed.to(alpha.dtype))
-        return Goal(state=run.state, target=target, weight=weight)
+        return Goal(state=run.state, target=target, weight=weight, seeds=(int(seed),))
     target = run.output.clone()
     channels = list(range(target.shape[1])) if units is None else [int(u) for u in units]
     if not channels or min(channels) < 0 or max(channels) >= target.shape[1]:
         raise RuleError(f"`units` must be indices in [0, {target.shape[1]}), got {units!r}.")
     target[:, channels] = (1 - alpha) * target[:, channels]
-    return Goal(state=run.state, target=target, weight=alpha[0].clone())
+    return Goal(state=run.state, target=target, weight=alpha[0].clone(), seeds=(int(seed),))
+
+
+def stack_goals(G: GANGenerator, layer: str, goals: Sequence[Goal], truncation: float | None = None) -> Goal:
+    """One goal over every sample of ``goals``, so that a solver runs the rest of the generator on them as
+    one batch (the state is a fresh batched run of the same seeds; targets and weights are concatenated)."""
+    goals = list(goals)
+    if len(goals) == 1:
+        return goals[0]
+    seeds = [seed for goal in goals for seed in goal.seeds]
+    if not goals or len(seeds) != sum(goal.target.shape[0] for goal in goals):
+        raise RuleError("goals to stack must each name the seeds of their samples.")
+    run = run_layer(G, layer, seeds, truncation)
+    return Goal(
+        state=run.state,
+        target=torch.cat([goal.target for goal in goals]),
+        weight=torch.cat([goal.weight for goal in goals]),
+        seeds=tuple(seeds),
+    )
 
 
 @torch.no_grad()

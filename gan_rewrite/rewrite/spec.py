@@ -201,6 +201,8 @@ def check_spec(spec: Any, *, resolution: int | None = None) -> None:
         _check_int(spec, "rank", "rank", low=1, high=MAX_RANK)
     from .rewriter import DEFAULT_METHOD
 
+    if "method" not in spec and spec.get("solver"):
+        raise RuleError("field `solver` needs field `method` (the solver its options are for).")
     method = spec.get("method", DEFAULT_METHOD)
     if not isinstance(method, str) or method not in SOLVERS:
         raise RuleError(f"field `method` must be one of {sorted(SOLVERS)}, got {short_repr(method)}.")

@@ -354,7 +354,7 @@ def build_demo(
                 progress(0.6, desc="solving")
                 rw.set_copy(seeds["copy"], masks["copy"])
                 rw.set_paste(seeds["paste"], masks["paste"])
-                delta = rw.solve(rank=1)  # the library's defaults (bounded solve)
+                delta = rw.solve(rank=1, progress=False)  # the library's defaults (`default_solver`)
                 score = rewrite_score_text(rw, delta)
         except GanRewriteError as err:
             raise gr.Error(str(err)) from None
