@@ -21,7 +21,8 @@ On held-out seeds (never used by a request) the shipped segmenter labels the sam
 
 Methods: the rank-1 closed form at the model's default layer, rank 3, the projected optimiser (image
 loss), the library's defaults (``Rewriter(G)`` + ``solve()``: automatic layer, and for this 64 px model the
-image fit over every context sample, ``FIT_CONTEXTS``), and the baseline — fine-tuning the whole layer on the same goal. Writes a markdown table and a figure.
+image fit over every context sample, ``FIT_CONTEXTS``), and the baseline — fine-tuning the whole layer on
+the same goal. Writes a markdown table and a figure.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Measured:
 2. **Later Rewrites** (median of ``--reps``): statistics cached; mask upload, solve, rendering the before /
    after rows of 8 held-out seeds, PNG encoding, and downloading both grids.
 
-Baseline, same process and same statistics: the library alone — ``Rewriter`` + ``solve(closed_form)`` +
+Baseline, same process and same statistics: the library alone — ``Rewriter`` + ``solve()`` (the default solve) +
 ``load_rule`` / ``sample`` / ``unload_rules`` of the same 8 seeds (and, for the first call, the statistics).
 The ratio is app / library. Target: a later Rewrite ≤ 5 s on the CPU.
 
