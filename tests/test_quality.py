@@ -22,6 +22,7 @@ from gan_rewrite.rewrite.context import (
     downsample_mask,
     erase_goal,
     output_for_keys,
+    paste_goal,
     run_layer,
     stack_goals,
     weighted_keys,
@@ -348,3 +349,30 @@ def test_fitting_the_contexts_moves_them_towards_their_goals(tiny: DCGANGenerato
         rw.solve(method="optimize", keep_weight=1.0, steps=2, progress=False)
     with pytest.raises(RuleError, match="lr_factor"):
         rw.solve(method="optimize", lr=0.1, lr_factor=2.0, steps=2, progress=False)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "progan", "stylegan2"])
+def test_a_stacked_goal_renders_like_its_goals_one_by_one(arch: str) -> None:
+    """The image fit renders every context sample in one batch: the batched state (noise, styles, skip images
+    included) must give each sample exactly the image its own goal gives."""
+    from gan_rewrite.models import ProGANConfig, ProGANGenerator, StyleGAN2Config, StyleGAN2Generator
+
+    torch.manual_seed(0)
+    G = {
+        "dcgan": lambda: DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)),
+        "progan": lambda: ProGANGenerator(
+            ProGANConfig(resolution=16, z_dim=8, channels=[16, 16, 12, 12, 8, 8], default_layer="layer4")
+        ),
+        "stylegan2": lambda: StyleGAN2Generator(
+            StyleGAN2Config(resolution=16, z_dim=16, n_mlp=2, channels={"4": 16, "8": 16, "16": 8})
+        ),
+    }[arch]().eval()
+    layer = G.config.default_layer
+    rw = Rewriter(G, layer)
+    goals = [paste_goal(G, layer, 0, box(16, 2, 2, 8, 8), seed, box(16, 6, 6, 12, 12)) for seed in (1, 2, 3)]
+    stacked = stack_goals(G, layer, goals)
+    with torch.no_grad():
+        together = rw.renderer(stacked.state)(stacked.target)
+        one_by_one = torch.cat([rw.renderer(g.state)(g.target) for g in goals])
+    assert together.shape[0] == 3
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-4)
