@@ -401,4 +401,17 @@ def rewrite_score_text(rewriter: Rewriter, delta: RuleDelta) -> str:
         f"**{name} {s.auc:.2f}**" if name == delta.layer_names[0] else f"{name} {s.auc:.2f}"
         for name, s in score.layers.items()
     )
-    return f"Context carries over (leave-one-out AUC): {aucs}. {score.advice}"
+    return f"Context carries over (leave-one-out AUC): {aucs}. {score.advice} {solve_summary(delta)}"
+
+
+def solve_summary(delta: RuleDelta) -> str:
+    """One sentence on how the rule was solved, read from its spec (so the user sees what the default did)."""
+    spec = delta.spec or {}
+    method, solver = spec.get("method"), spec.get("solver") or {}
+    if method == "optimize" and solver.get("loss") == "image" and solver.get("targets") == "contexts":
+        return "Solved by fitting the final images of the paste sample and of every context sample."
+    if method == "optimize":
+        return f"Solved by the optimiser ({solver.get('loss', 'layer')} loss, paste sample only)."
+    if method == "bounded":
+        return "Solved by the bounded closed form."
+    return f"Solved by the {method} solver."

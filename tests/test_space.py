@@ -563,6 +563,7 @@ def test_rewrite_picks_the_layer_and_says_how_the_context_carries_over(space):
     text = result[-1]
     assert f"**{best} {rw.chosen.layers[best].auc:.2f}**" in text, text
     assert rw.chosen.advice in text
+    assert "fitting the final images of the paste sample and of every context sample" in text  # the default solve
     assert all(f"{name} {s.auc:.2f}" in text for name, s in rw.chosen.layers.items())
     fixed = rewrite(c, space, layer="layer3")[-1]
     assert "**layer3" in fixed and "AUC" in fixed
