@@ -8,6 +8,8 @@ strength a user gets) and the held-out faces are drawn before and after:
   band gets darker by ≥ 0.1, images in [-1, 1]) — target ≥ 20;
 * ``out``: mean |Δ| outside the band (all faces, all channels) — target ≤ 0.03;
 * ``max``: the largest change of any pixel outside the band on any face (max over channels) — target ≤ 0.5;
+* ``max>4px``: the same, more than 4 pixels away from the band (a diagnostic: an edit that bleeds over the
+  band's edge fails ``max`` but not this);
 * ``Δband``: mean change of the score in the band (its sign says "towards the request");
 * ``paste``: on the paste sample, the L1 distance of the image to its goal image (the goal output run
   through the rest of the generator) inside the goal's bounding box, before → after: must go down;
@@ -47,6 +49,9 @@ from gan_rewrite.rewrite.solve import goal_image_l1
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = ROOT / "benchmarks" / "requests"
 GRID_FACES = 8
+EDGE = 4
+"""A diagnostic beside ``max`` (not a target): the largest change more than this many pixels from the band, which
+tells an edit that bleeds over the band's edge from one that moves pixels elsewhere."""
 
 
 def _load_examples() -> Any:
@@ -98,8 +103,10 @@ def build(
 
 
 # ----- scoring ----------------------------------------------------------------------------------------
-def band_mask(req: dict[str, Any]) -> torch.Tensor:
-    return torch.from_numpy(ex.rect(*req["band"]))
+def band_mask(req: dict[str, Any], grow: int = 0) -> torch.Tensor:
+    """The request's band (``grow`` > 0: widened by that many pixels on every side, for a diagnostic)."""
+    top, bottom, left, right = req["band"]
+    return torch.from_numpy(ex.rect(max(top - grow, 0), bottom + grow, max(left - grow, 0), right + grow))
 
 
 def measure_of(images: torch.Tensor, req: dict[str, Any], before: torch.Tensor) -> torch.Tensor:
@@ -131,6 +138,7 @@ def evaluate(req: dict[str, Any], before: torch.Tensor, after: torch.Tensor) -> 
         "vis": int((gain >= req["visible"]).sum()),
         "out": float(diff.mean(1)[:, outside].mean()),
         "max": float(diff.amax(1)[:, outside].max()),
+        "max_beyond": float(diff.amax(1)[:, ~band_mask(req, grow=EDGE)].max()),
         "dband": float(gain.mean()),
     }
 
@@ -323,7 +331,8 @@ def _fmt(name: str, row: dict[str, Any]) -> str:
     d0, d1 = row["paste"]
     return (
         f"{name:<22} {row['setting']:<38} {row['layer']:<7} vis {row['vis']:>2}/32  out {row['out']:.4f}  "
-        f"max {row['max']:.3f}  Δband {row['dband']:+.3f}  paste {d0:.3f}→{d1:.3f}  {row['s']:.2f}s"
+        f"max {row['max']:.3f} (>4px {row['max_beyond']:.3f})  Δband {row['dband']:+.3f}  "
+        f"paste {d0:.3f}→{d1:.3f}  {row['s']:.2f}s"
     )
 
 
