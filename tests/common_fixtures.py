@@ -7,7 +7,25 @@ import os
 import pytest
 import torch
 
-from gan_rewrite.models import DCGANConfig, DCGANGenerator
+from gan_rewrite.models import (
+    DCGANConfig,
+    DCGANGenerator,
+    ProGANConfig,
+    ProGANGenerator,
+    StyleGAN2Config,
+    StyleGAN2Generator,
+)
+
+TINY_ARCHITECTURES = {
+    "dcgan": lambda: DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)),
+    "progan": lambda: ProGANGenerator(
+        ProGANConfig(resolution=16, z_dim=8, channels=[12, 12, 10, 10, 8, 8], default_layer="layer4")
+    ),
+    "stylegan2": lambda: StyleGAN2Generator(
+        StyleGAN2Config(resolution=16, z_dim=12, n_mlp=2, channels={"4": 12, "8": 10, "16": 8})
+    ),
+}
+"""One tiny random generator per architecture (16×16 images, 8–12 channels): call an entry to build it."""
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import gan_face_generate
 import pytest
 import torch
+from common_fixtures import TINY_ARCHITECTURES
 from masks import box
 
 from gan_rewrite.cli import main
@@ -355,18 +356,8 @@ def test_fitting_the_contexts_moves_them_towards_their_goals(tiny: DCGANGenerato
 def test_a_stacked_goal_renders_like_its_goals_one_by_one(arch: str) -> None:
     """The image fit renders every context sample in one batch: the batched state (noise, styles, skip images
     included) must give each sample exactly the image its own goal gives."""
-    from gan_rewrite.models import ProGANConfig, ProGANGenerator, StyleGAN2Config, StyleGAN2Generator
-
     torch.manual_seed(0)
-    G = {
-        "dcgan": lambda: DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)),
-        "progan": lambda: ProGANGenerator(
-            ProGANConfig(resolution=16, z_dim=8, channels=[16, 16, 12, 12, 8, 8], default_layer="layer4")
-        ),
-        "stylegan2": lambda: StyleGAN2Generator(
-            StyleGAN2Config(resolution=16, z_dim=16, n_mlp=2, channels={"4": 16, "8": 16, "16": 8})
-        ),
-    }[arch]().eval()
+    G = TINY_ARCHITECTURES[arch]().eval()
     layer = G.config.default_layer
     rw = Rewriter(G, layer)
     goals = [paste_goal(G, layer, 0, box(16, 2, 2, 8, 8), seed, box(16, 6, 6, 12, 12)) for seed in (1, 2, 3)]

@@ -6,16 +6,13 @@ import itertools
 
 import pytest
 import torch
+from common_fixtures import TINY_ARCHITECTURES
 
 from gan_rewrite.errors import LayerError, RuleError, RuleMismatchError
 from gan_rewrite.models import (
     DCGANConfig,
     DCGANGenerator,
     GANGenerator,
-    ProGANConfig,
-    ProGANGenerator,
-    StyleGAN2Config,
-    StyleGAN2Generator,
 )
 from gan_rewrite.rewrite.delta import LayerDelta, RuleDelta
 from gan_rewrite.rewrite.layers import layer_kind
@@ -136,15 +133,7 @@ def multi_layer_rule(G: GANGenerator, layers: list[str], seed: int) -> RuleDelta
     return RuleDelta(layers=parts, base_model="tiny")
 
 
-ARCHITECTURES = {
-    "dcgan": lambda: DCGANGenerator(DCGANConfig(resolution=16, ngf=8, z_dim=8)),
-    "progan": lambda: ProGANGenerator(
-        ProGANConfig(resolution=16, z_dim=8, channels=[12, 12, 10, 10, 8, 8], default_layer="layer4")
-    ),
-    "stylegan2": lambda: StyleGAN2Generator(
-        StyleGAN2Config(resolution=16, z_dim=12, n_mlp=2, channels={"4": 12, "8": 10, "16": 8})
-    ),
-}
+ARCHITECTURES = TINY_ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
