@@ -89,8 +89,8 @@ FIT_CONTEXTS: dict[str, Any] = {
 """The optimiser's options of the default solve (:func:`default_solver`): Adam on ``Λ``, its L1 loss on the final
 images of the copy pasted onto every context sample, the rest of those images kept. Chosen on six frozen face
 requests (``benchmarks/edit_quality.py``): of every setting tried, the only one with the edit visible on ≥ 20 of
-32 held-out faces and a mean change elsewhere ≤ 0.03 for a request (the cap), and no dirtier than the bounded
-solve on the others."""
+32 held-out faces and a mean change elsewhere ≤ 0.03 for a request (the cap), and about as clean as the bounded
+solve on the others (cleaner on four of five)."""
 
 IMAGE_FIT_MAX_RESOLUTION = 128
 """Up to this image size (or on a GPU) the default solve is the image fit; above it, on a CPU, every step of it

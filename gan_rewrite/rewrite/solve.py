@@ -156,8 +156,8 @@ def image_l1_of_output(
 
     The loss is the weighted mean L1 distance to ``render(V*)`` in the goal's region, plus ``keep_weight`` ×
     the mean L1 distance to it over the pixels the region does not touch. The second term is what keeps a
-    rule fitted on several samples from tinting or blurring the rest of them: on the DCGAN faces it halved
-    the change outside the edited band of held-out faces at a small cost in strength (``examples/README.md``).
+    rule fitted on several samples from tinting or blurring the rest of them: on the DCGAN faces (cap, dark
+    glasses) it cut the change outside the edited band of held-out faces by 27–39 % at a small cost in strength.
     """
     with torch.no_grad():
         target = render(goal.target.detach()).detach()
