@@ -408,10 +408,11 @@ def solve_summary(delta: RuleDelta) -> str:
     """One sentence on how the rule was solved, read from its spec (so the user sees what the default did)."""
     spec = delta.spec or {}
     method, solver = spec.get("method"), spec.get("solver") or {}
-    if method == "optimize" and solver.get("loss") == "image" and solver.get("targets") == "contexts":
-        return "Solved by fitting the final images of the paste sample and of every context sample."
     if method == "optimize":
-        return f"Solved by the optimiser ({solver.get('loss', 'layer')} loss, paste sample only)."
+        what = "the final images" if solver.get("loss") == "image" else "the layer's output"
+        contexts = solver.get("targets") == "contexts"
+        where = "the paste sample and of every context sample" if contexts else "the paste sample"
+        return f"Solved by fitting {what} of {where}."
     if method == "bounded":
         return "Solved by the bounded closed form."
     return f"Solved by the {method} solver."
