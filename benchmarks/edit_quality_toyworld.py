@@ -21,8 +21,16 @@ On held-out seeds (never used by a request) the shipped segmenter labels the sam
 
 Methods: the rank-1 closed form at the model's default layer, rank 3, the projected optimiser (image
 loss), the library's defaults (``Rewriter(G)`` + ``solve()``: automatic layer, and for this 64 px model the
-image fit over every context sample, ``FIT_CONTEXTS``), and the baseline — fine-tuning the whole layer on
-the same goal. Writes a markdown table and a figure.
+image fit over every context sample, ``FIT_CONTEXTS``), the same fit run harder (300 steps at 10× the
+step size: does the default underfit?), and the baseline — fine-tuning the whole layer on
+the same goal. Then the **oracle**: each held-out sample's own goal at the defaults' layer (the copy pasted
+onto every connected piece of that sample's context pixels, or its windows' top units switched off), run
+through the rest of the generator — what a perfect rule at that layer could reach (also at the model's
+default layer, where the other methods run). Writes a markdown table and a figure.
+
+``--contexts 4,16,64`` asks instead whether more examples make the default rule carry over: the request's
+contexts plus exactly labelled ones from seeds 200 on (neither request nor held-out seeds), the
+library's defaults solved on each count (``gold-domes`` is left out: no method moves it).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import gan_rewrite as gr
-from gan_rewrite.rewrite.context import decode_mask, encode_mask
+from gan_rewrite.rewrite.context import decode_mask, downsample_mask, encode_mask, erase_goal, paste_goal
+from gan_rewrite.rewrite.rewriter import FIT_CONTEXTS
 from gan_rewrite.toyworld.render import CLASS_INDEX
 from gan_rewrite.toyworld.segment import load_segmenter, segment
 
@@ -153,6 +162,11 @@ def build(G: gr.GANGenerator, req: dict[str, Any], layer: str | None) -> gr.Rewr
     return rw
 
 
+def draw(G: gr.GANGenerator, seeds: list[int]) -> torch.Tensor:
+    """Samples for ``seeds``, 100 at a time."""
+    return torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
+
+
 def context_pixels(name: str, labels: torch.Tensor) -> torch.Tensor:
     """Where the rule should act on each held-out sample (N, H, W), from its labels before the edit."""
     if name == "tree-on-spires":
@@ -194,17 +208,73 @@ def methods(G: gr.GANGenerator, quick: bool) -> dict[str, tuple[str | None, dict
         "closed form, rank 3": (default, {"rank": 3, "method": "closed_form"}),
         "projected optimiser": (default, {"rank": 1, "method": "optimize", "loss": "image", "steps": steps,
                                           "progress": False}),
-        "library defaults": ("auto", {}),
+        "library defaults": ("auto", {"progress": False}),
+        "defaults fitted harder": ("auto", {"method": "optimize", **FIT_CONTEXTS, "steps": 300, "lr_factor": 10.0,
+                                            "progress": False}),
         "fine-tune (baseline)": (default, {"finetune": steps}),
     }
+
+
+def _pieces(mask: torch.Tensor, minimum: int = 4) -> list[torch.Tensor]:
+    """The 8-connected pieces of a boolean (H, W) mask with at least ``minimum`` pixels."""
+    todo = {(int(y), int(x)) for y, x in torch.nonzero(mask)}
+    pieces = []
+    while todo:
+        stack, piece = [todo.pop()], []
+        while stack:
+            y, x = stack.pop()
+            piece.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    if (y + dy, x + dx) in todo:
+                        todo.remove((y + dy, x + dx))
+                        stack.append((y + dy, x + dx))
+        if len(piece) >= minimum:
+            out = torch.zeros_like(mask)
+            out[tuple(torch.tensor(piece).T)] = True
+            pieces.append(out)
+    return pieces
+
+
+@torch.no_grad()
+def oracle_images(name: str, req: dict[str, Any], G: gr.GANGenerator, layer: str, seeds: list[int],
+                  labels: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Each held-out sample with the request's goal written straight into its own layer output at ``layer``
+    (every piece of its context pixels; unchanged where it has none), then rendered."""
+    rw = build(G, req, layer)
+    rw.compute_stats(n=1000, progress=False)
+    context = rw.context_keys() if req["kind"] == "erase" else None
+    top = rw._top_units() if req["kind"] == "erase" else None
+    copy_mask = None if req["kind"] == "erase" else decode_mask(req["copy"]["mask"])
+    out = before.clone()
+    for i, (seed, where) in enumerate(zip(seeds, context_pixels(name, labels), strict=True)):
+        pieces = _pieces(where)
+        if not pieces:
+            continue
+        if req["kind"] == "erase":
+            goals = [erase_goal(G, layer, seed, where.float(), top_units=top, stats=rw.stats, context=context)]
+        else:
+            goals = [paste_goal(G, layer, req["copy"]["seed"], copy_mask, seed, piece.float()) for piece in pieces]
+        target = goals[0].target
+        for goal in goals[1:]:
+            target = torch.where(goal.weight[:, None] > 0, goal.target, target)
+        out[i] = rw.renderer(goals[0].state)(target)[0]
+    return out
 
 
 def run(name: str, G: gr.GANGenerator, segmenter, seeds: list[int], quick: bool) -> tuple[list[dict], dict]:
     from edit_quality import finetune  # the same whole-layer baseline as on the faces
 
     req = load_request(name)
-    before = torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
+    before = draw(G, seeds)
     labels_before = segment(segmenter, before)
+    own = [item["seed"] for item in req["context"]]  # in-sample: the request's own context samples
+    own_before = draw(G, own)
+    own_labels = segment(segmenter, own_before)
+
+    def in_sample(own_after: torch.Tensor) -> float:
+        return measure(name, req, G, own_before, own_after, own_labels, segment(segmenter, own_after))["success"]
+
     rows, pictures = [], {"before": before[:8]}
     for label, (layer, options) in methods(G, quick).items():
         rw = build(G, req, layer)
@@ -216,24 +286,125 @@ def run(name: str, G: gr.GANGenerator, segmenter, seeds: list[int], quick: bool)
             original = module.weight.detach().clone()
             module.weight.data.copy_(weight)
             try:
-                after = torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
+                after, own_after = draw(G, seeds), draw(G, own)
             finally:
                 module.weight.data.copy_(original)
         else:
             delta = rw.solve(**options)
             G.load_rule(delta, name="probe")
             try:
-                after = torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
+                after, own_after = draw(G, seeds), draw(G, own)
             finally:
                 G.unload_rules()
         seconds = time.perf_counter() - start
         row = measure(name, req, G, before, after, labels_before, segment(segmenter, after))
-        row.update(request=name, method=label, layer=rw.layer, seconds=seconds)
+        row.update(request=name, method=label, layer=rw.layer, seconds=seconds, in_sample=in_sample(own_after))
         rows.append(row)
         pictures[label] = after[:8]
-        print(f"{name:15s} {label:22s} {rw.layer:7s} success {row['success']:.2f}  collateral "
-              f"{row['collateral']:.4f} / {row['collateral_no_context']:.4f}  ({seconds:.1f} s)", flush=True)
+        print(f"{name:15s} {label:22s} {rw.layer:7s} success {row['success']:.2f} (own {row['in_sample']:.2f}) "
+              f"collateral {row['collateral']:.4f} / {row['collateral_no_context']:.4f}  ({seconds:.1f} s)", flush=True)
+        if label == "library defaults":
+            default_layer = rw.layer
+    for layer in dict.fromkeys([default_layer, G.config.default_layer]):  # the defaults' layer first
+        start = time.perf_counter()
+        after = oracle_images(name, req, G, layer, seeds, labels_before, before)
+        row = measure(name, req, G, before, after, labels_before, segment(segmenter, after))
+        own_oracle = oracle_images(name, req, G, layer, own, own_labels, own_before)
+        row.update(request=name, method="oracle (per-sample goal)", layer=layer, seconds=time.perf_counter() - start,
+                   in_sample=in_sample(own_oracle))
+        rows.append(row)
+        if layer == default_layer:
+            pictures["oracle"] = after[:8]
+        print(f"{name:15s} {'oracle':22s} {layer:7s} success {row['success']:.2f} (own {row['in_sample']:.2f}) "
+              f"collateral {row['collateral']:.4f} / {row['collateral_no_context']:.4f}", flush=True)
     return rows, pictures
+
+
+MINIMUM_PIXELS = {"tree-on-spires": 10, "erase-windows": 12, "trees-at-feet": 20}
+"""A pool sample becomes an extra context when it shows at least this many of the request's context pixels
+(the thresholds the requests were defined with)."""
+
+
+def labelled_contexts(G: gr.GANGenerator, segmenter) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """Per request (not ``gold-domes``), exactly labelled extra contexts from 1000 seeds after the definition
+    seeds: ``(seed, mask)`` pairs, in seed order."""
+    pool = list(range(len(DEFINE_SEEDS), len(DEFINE_SEEDS) + 1000))
+    labels = segment(segmenter, draw(G, pool))
+    found = {}
+    for name, least in MINIMUM_PIXELS.items():
+        masks = context_pixels(name, labels)
+        found[name] = [(seed, mask) for seed, mask in zip(pool, masks, strict=True) if mask.sum() >= least]
+    return found
+
+
+@torch.no_grad()
+def responses(G: gr.GANGenerator, segmenter, seeds: list[int], counts: tuple[int, ...] = (4, 64)) -> list[dict]:
+    """How the rule's context direction ``D`` (rank 1) fires on the held-out samples' own context pixels
+    against everywhere else, per layer, from the request's contexts or from more labelled ones — the same
+    bound as ``edit_quality.py --responses`` on the faces, with exact labels instead of a fixed band."""
+    pool = labelled_contexts(G, segmenter)
+    labels = segment(segmenter, draw(G, seeds))
+    rows = []
+    for name, extra in pool.items():
+        req = load_request(name)
+        where = context_pixels(name, labels)
+        for layer in ("layer5", "layer6", "layer7"):
+            module = G.layer_module(layer)
+            state = G.forward_to(layer, G.make_latents(seeds), None,
+                                 noise=G.make_noise(seeds, layers=G.layer_index(layer)))
+            for count in counts:
+                rw = build(G, req, layer)
+                for seed, mask in extra[: max(0, count - len(req["context"]))]:
+                    rw.add_context(seed, mask.float())
+                rw.compute_stats(n=1000, progress=False)
+                keys, weights = rw.context_keys()
+                direction = rw.directions(1)[:, 0].to(torch.float64)
+                response = torch.einsum("nihw,i->nhw", rw.kind.keys(module, state).to(torch.float64), direction)
+                cover = torch.stack([downsample_mask(m.float(), tuple(response.shape[-2:])) for m in where])
+                inside, outside = cover >= 0.5, cover <= 0.01
+                has = inside.flatten(1).any(1)
+                per_sample = torch.stack([response[i][inside[i]].mean() for i in range(len(seeds)) if has[i]])
+                p99 = float(torch.quantile(response[outside], 0.99))
+                row = {
+                    "request": name, "layer": layer, "contexts": len(rw.context),
+                    "in_sample": float((weights * (keys @ direction)).sum() / weights.sum()),
+                    "held_out": float(per_sample.median()), "outside_p99": p99,
+                    "above_p99": int((per_sample > p99).sum()), "samples": len(per_sample),
+                }
+                rows.append(row)
+                print(f"{name:15s} {layer} {row['contexts']:3d} contexts: in-sample {row['in_sample']:.2f}  held-out "
+                      f"{row['held_out']:.2f}  outside p99 {p99:.2f}  above {row['above_p99']}/{row['samples']}",
+                      flush=True)
+    return rows
+
+
+def context_sweep(G: gr.GANGenerator, segmenter, seeds: list[int], counts: list[int]) -> list[dict]:
+    """The library's defaults with the request's contexts topped up by exactly labelled ones."""
+    pool = labelled_contexts(G, segmenter)
+    before = draw(G, seeds)
+    labels_before = segment(segmenter, before)
+    rows = []
+    for name, extra in pool.items():
+        req = load_request(name)
+        for count in counts:
+            rw = build(G, req, "auto")
+            for seed, mask in extra[: max(0, count - len(req["context"]))]:
+                rw.add_context(seed, mask.float())
+            rw.compute_stats(n=1000, progress=False)
+            start = time.perf_counter()
+            delta = rw.solve(progress=False)
+            seconds = time.perf_counter() - start
+            G.load_rule(delta, name="probe")
+            try:
+                after = draw(G, seeds)
+            finally:
+                G.unload_rules()
+            row = measure(name, req, G, before, after, labels_before, segment(segmenter, after))
+            row.update(request=name, contexts=len(rw.context), layer=rw.layer, seconds=seconds)
+            rows.append(row)
+            print(f"{name:15s} {len(rw.context):3d} contexts {rw.layer:7s} success {row['success']:.2f}  collateral "
+                  f"{row['collateral']:.4f} / {row['collateral_no_context']:.4f}  ({seconds:.1f} s)", flush=True)
+    return rows
 
 
 def figure(all_pictures: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
@@ -254,6 +425,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="fewer steps and statistics (a smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "toyworld")
+    parser.add_argument("--contexts", help="comma-separated context counts: the sweep instead of the table")
+    parser.add_argument("--responses", action="store_true", help="how the rule's direction fires, per layer")
     args = parser.parse_args()
     if args.define:
         define_requests()
@@ -262,6 +435,16 @@ def main() -> None:
     G = gr.load_generator(MODEL, device="cpu")
     segmenter = load_segmenter()
     seeds = list(range(HELD_OUT, HELD_OUT + args.held_out))
+    if args.responses:
+        rows = responses(G, segmenter, seeds)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "responses.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        return
+    if args.contexts:
+        rows = context_sweep(G, segmenter, seeds, [int(c) for c in args.contexts.split(",")])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "contexts.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        return
     all_rows, all_pictures = [], {}
     for name in NAMES:
         rows, pictures = run(name, G, segmenter, seeds, args.quick)
@@ -269,10 +452,10 @@ def main() -> None:
         all_pictures[name] = pictures
     args.out.mkdir(parents=True, exist_ok=True)
     figure(all_pictures, args.out / "edits.png")
-    lines = ["| request | method | layer | success | collateral (with context) | collateral (without) | s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['request']} | {r['method']} | {r['layer']} | {r['success']:.2f} | {r['collateral']:.4f} "
-              f"| {r['collateral_no_context']:.4f} | {r['seconds']:.1f} |" for r in all_rows]
+    lines = ["| request | method | layer | success | success on its own contexts | collateral (with context) "
+             "| collateral (without) | s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['request']} | {r['method']} | {r['layer']} | {r['success']:.2f} | {r['in_sample']:.2f} "
+              f"| {r['collateral']:.4f} | {r['collateral_no_context']:.4f} | {r['seconds']:.1f} |" for r in all_rows]
     table = "\n".join(lines)
     (args.out / "edits.md").write_text(table + "\n", encoding="utf-8")
     (args.out / "edits.json").write_text(json.dumps(all_rows, indent=1), encoding="utf-8")
