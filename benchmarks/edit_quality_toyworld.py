@@ -30,7 +30,9 @@ default layer, where the other methods run). Writes a markdown table and a figur
 
 ``--contexts 4,16,64`` asks instead whether more examples make the default rule carry over: the request's
 contexts plus exactly labelled ones from seeds 200 on (neither request nor held-out seeds), the
-library's defaults solved on each count (``gold-domes`` is left out: no method moves it).
+library's defaults solved on each count (``gold-domes`` is left out: no method moves it). ``--responses``
+asks why: how strongly the rule's direction fires on the held-out samples' context pixels against everywhere
+else, per layer, from 4 or 64 contexts.
 """
 
 from __future__ import annotations
@@ -242,7 +244,8 @@ def oracle_images(name: str, req: dict[str, Any], G: gr.GANGenerator, layer: str
     """Each held-out sample with the request's goal written straight into its own layer output at ``layer``
     (every piece of its context pixels; unchanged where it has none), then rendered."""
     rw = build(G, req, layer)
-    rw.compute_stats(n=1000, progress=False)
+    if req["kind"] == "erase":  # the erase ranks the units by their selectivity, against the statistics
+        rw.compute_stats(n=1000, progress=False)
     context = rw.context_keys() if req["kind"] == "erase" else None
     top = rw._top_units() if req["kind"] == "erase" else None
     copy_mask = None if req["kind"] == "erase" else decode_mask(req["copy"]["mask"])
