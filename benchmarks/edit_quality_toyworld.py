@@ -169,6 +169,15 @@ def draw(G: gr.GANGenerator, seeds: list[int]) -> torch.Tensor:
     return torch.cat([G.sample(seeds=seeds[i: i + 100]) for i in range(0, len(seeds), 100)])
 
 
+def draw_with_rule(G: gr.GANGenerator, delta: gr.RuleDelta, *seed_lists: list[int]) -> tuple[torch.Tensor, ...]:
+    """Samples for each list of seeds with ``delta`` loaded at scale 1; the generator is left as it was."""
+    G.load_rule(delta, name="probe")
+    try:
+        return tuple(draw(G, seeds) for seeds in seed_lists)
+    finally:
+        G.unload_rules()
+
+
 def context_pixels(name: str, labels: torch.Tensor) -> torch.Tensor:
     """Where the rule should act on each held-out sample (N, H, W), from its labels before the edit."""
     if name == "tree-on-spires":
@@ -293,12 +302,7 @@ def run(name: str, G: gr.GANGenerator, segmenter, seeds: list[int], quick: bool)
             finally:
                 module.weight.data.copy_(original)
         else:
-            delta = rw.solve(**options)
-            G.load_rule(delta, name="probe")
-            try:
-                after, own_after = draw(G, seeds), draw(G, own)
-            finally:
-                G.unload_rules()
+            after, own_after = draw_with_rule(G, rw.solve(**options), seeds, own)
         seconds = time.perf_counter() - start
         row = measure(name, req, G, before, after, labels_before, segment(segmenter, after))
         row.update(request=name, method=label, layer=rw.layer, seconds=seconds, in_sample=in_sample(own_after))
@@ -397,11 +401,7 @@ def context_sweep(G: gr.GANGenerator, segmenter, seeds: list[int], counts: list[
             start = time.perf_counter()
             delta = rw.solve(progress=False)
             seconds = time.perf_counter() - start
-            G.load_rule(delta, name="probe")
-            try:
-                after = draw(G, seeds)
-            finally:
-                G.unload_rules()
+            (after,) = draw_with_rule(G, delta, seeds)
             row = measure(name, req, G, before, after, labels_before, segment(segmenter, after))
             row.update(request=name, contexts=len(rw.context), layer=rw.layer, seconds=seconds)
             rows.append(row)
