@@ -294,6 +294,15 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
 
 # ----- why: how strongly the rule's direction fires where ---------------------------------------------
 @torch.no_grad()
+def direction_response(G: gr.GANGenerator, rw: gr.Rewriter, direction: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """``Dᵀk`` at every key location of the given samples at the rewriter's layer, ``(N, h, w)`` float64."""
+    layer = rw.layer
+    state = G.forward_to(layer, G.make_latents(seeds), None, noise=G.make_noise(seeds, layers=G.layer_index(layer)))
+    keys = rw.kind.keys(G.layer_module(layer), state).to(torch.float64)
+    return torch.einsum("nihw,i->nhw", keys, direction.to(torch.float64))
+
+
+@torch.no_grad()
 def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str, ridge: float) -> dict[str, float]:
     """How strongly the rule's context direction ``D`` (rank 1, from all the request's contexts, with the
     given direction ridge) fires *in-sample* (the context regions it was built from), in the band of the
@@ -310,10 +319,7 @@ def response_profile(G: gr.GANGenerator, req: dict[str, Any], layer: str, ridge:
     keys, weights = rw.context_keys()
     direction = rw.directions(1)[:, 0]
     insample = float((weights * (keys @ direction)).sum() / weights.sum())
-    seeds = req["held_out"]
-    module = G.layer_module(layer)
-    state = G.forward_to(layer, G.make_latents(seeds), None, noise=G.make_noise(seeds, layers=G.layer_index(layer)))
-    response = torch.einsum("nihw,i->nhw", rw.kind.keys(module, state).to(torch.float64), direction.to(torch.float64))
+    response = direction_response(G, rw, direction, req["held_out"])
     band = gr.rewrite.context.downsample_mask(band_mask(req).float(), tuple(response.shape[-2:]))
     inside, outside = band >= 0.99, band <= 0.01
     if not inside.any():  # a band narrower than one key location: its best-covered locations

@@ -20,7 +20,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from edit_quality import build, evaluate, load_request
+from edit_quality import build, direction_response, evaluate, load_request
 from torch import Tensor
 
 import gan_rewrite as gr
@@ -49,13 +49,10 @@ def sample_gated(
         handle.remove()
 
 
-@torch.no_grad()
 def response_quantiles(G: gr.GANGenerator, rw: gr.Rewriter, delta: gr.RuleDelta) -> dict[float, float]:
     """Quantiles of ``Dᵀk`` over every key location of random samples: the gate's thresholds."""
-    state = G.forward_to(rw.layer, G.make_latents(RANDOM_SEEDS))
-    direction = delta.layers[rw.layer].direction[:, 0]
-    response = torch.einsum("nihw,i->nhw", rw.kind.keys(G.layer_module(rw.layer), state), direction.to(state.features))
-    return {q: float(torch.quantile(response.reshape(-1).double(), q)) for q in QUANTILES}
+    response = direction_response(G, rw, delta.layers[rw.layer].direction[:, 0], RANDOM_SEEDS)
+    return {q: float(torch.quantile(response.reshape(-1), q)) for q in QUANTILES}
 
 
 def probe(G: gr.GANGenerator, name: str, layer: str) -> None:
