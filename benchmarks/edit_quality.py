@@ -43,7 +43,7 @@ import torch
 
 import gan_rewrite as gr
 from gan_rewrite.imaging import image_grid, save_image
-from gan_rewrite.rewrite.context import DEFAULT_DIRECTION_RIDGE, erase_goal, paste_goal
+from gan_rewrite.rewrite.context import DEFAULT_DIRECTION_RIDGE, Goal, erase_goal, paste_goal, stack_goals
 from gan_rewrite.rewrite.solve import goal_image_l1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,29 +171,29 @@ def finetune(G: gr.GANGenerator, rw: gr.Rewriter, steps: int) -> torch.Tensor:
     return weight.detach()
 
 
-def oracle_images(G: gr.GANGenerator, req: dict[str, Any], layer: str, seeds: list[int]) -> torch.Tensor:
-    """Each held-out face with the goal applied straight to its own layer output at the request's place:
-    the copy pasted there, or (erase) the same top units switched off under the erase box."""
+def oracle_goal(G: gr.GANGenerator, req: dict[str, Any], layer: str, seeds: list[int]) -> tuple[Goal, gr.Rewriter]:
+    """Each face's own goal at ``layer``, stacked into one batch (and the request's Rewriter at that layer): the
+    copy pasted into that face's layer output at the request's place, or (erase) the same top units switched
+    off under the erase box."""
+    rw = build(G, req, layer)
     if req["kind"] == "erase":
-        rw = build(G, req, layer)
         rw.compute_stats(n=1000, progress=False)
         region = torch.from_numpy(ex.rect(*req["erase"]["box"])).float()
         context, top = rw.context_keys(), rw._top_units()
-        out = []
-        for seed in seeds:
-            goal = erase_goal(G, layer, seed, region, top_units=top, stats=rw.stats, context=context)
-            with torch.no_grad():
-                out.append(rw.renderer(goal.state)(goal.target))
-        return torch.cat(out)
-    copy_mask = torch.from_numpy(mask_of(G, req["copy"])).float()
-    paste_mask = torch.from_numpy(mask_of(G, req["paste"])).float()
-    rw = gr.Rewriter(G, layer)
-    out = []
-    for seed in seeds:
-        goal = paste_goal(G, layer, req["copy"]["seed"], copy_mask, seed, paste_mask)
-        with torch.no_grad():
-            out.append(rw.renderer(goal.state)(goal.target))
-    return torch.cat(out)
+        goals = [erase_goal(G, layer, seed, region, top_units=top, stats=rw.stats, context=context) for seed in seeds]
+    else:
+        copy_mask = torch.from_numpy(mask_of(G, req["copy"])).float()
+        paste_mask = torch.from_numpy(mask_of(G, req["paste"])).float()
+        goals = [paste_goal(G, layer, req["copy"]["seed"], copy_mask, seed, paste_mask) for seed in seeds]
+    return stack_goals(G, layer, goals), rw
+
+
+def oracle_images(G: gr.GANGenerator, req: dict[str, Any], layer: str, seeds: list[int]) -> torch.Tensor:
+    """Each held-out face with its own goal applied straight to its layer output (:func:`oracle_goal`), run
+    through the rest of the generator: what a perfect rule at that layer could show."""
+    goal, rw = oracle_goal(G, req, layer, seeds)
+    with torch.no_grad():
+        return rw.renderer(goal.state)(goal.target)
 
 
 # ----- one request ------------------------------------------------------------------------------------
@@ -275,12 +275,11 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
     print(_fmt(name, row), flush=True)
 
     oracle = oracle_images(G, req, auto_layer, seeds)
-    if oracle is not None:  # always, kept for readability
-        row = {"setting": "oracle (per-face goal output)", "layer": auto_layer, **evaluate(req, before, oracle)}
-        row.update(paste=(float("nan"), float("nan")), s=0.0)
-        rows.append(row)
-        pictures["oracle"] = oracle
-        print(_fmt(name, row), flush=True)
+    row = {"setting": "oracle (per-face goal output)", "layer": auto_layer, **evaluate(req, before, oracle)}
+    row.update(paste=(float("nan"), float("nan")), s=0.0)
+    rows.append(row)
+    pictures["oracle"] = oracle
+    print(_fmt(name, row), flush=True)
     for row in rows:
         row["scores"] = score.as_dict()
         row["advice"] = score.advice

@@ -83,7 +83,9 @@ def test_two_gloo_processes_equal_one(tmp_path) -> None:
     single = compute_quantiles(tiny(), "layer2", n=7, per_sample=5, batch_size=3, use_cache=False, progress=False)
     for rank in range(2):
         got = UnitQuantiles.load(tmp_path / f"rank{rank}.safetensors")
-        torch.testing.assert_close(got.values, single.values, rtol=0, atol=0)
+        # Same samples and locations; only the batching differs, and a convolution over a batch of 2 or 3 may round
+        # its sums differently in the last bit (seen: 7e-9), so equal means equal to float32 rounding.
+        torch.testing.assert_close(got.values, single.values, rtol=1e-6, atol=1e-7)
 
 
 def test_a_concept_drawn_by_one_unit_ranks_that_unit_first() -> None:
