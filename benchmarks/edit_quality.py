@@ -31,10 +31,12 @@ request's place), run through the rest of the generator: what a perfect rule at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,20 @@ def goal_box(goal: gr.rewrite.context.Goal, size: int) -> tuple[int, int, int, i
     return int(rows[0]) * scale, (int(rows[-1]) + 1) * scale, int(cols[0]) * scale, (int(cols[-1]) + 1) * scale
 
 
+@contextlib.contextmanager
+def layer_weight(G: gr.GANGenerator, layer: str, weight: torch.Tensor) -> Iterator[None]:
+    """The layer runs with ``weight`` inside the block; its own weight is put back afterwards."""
+    module = G.layer_module(layer)
+    original = module.weight.detach().clone()
+    with torch.no_grad():
+        module.weight.copy_(weight)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            module.weight.copy_(original)
+
+
 def finetune(G: gr.GANGenerator, rw: gr.Rewriter, steps: int) -> torch.Tensor:
     """The baseline: Adam on the whole layer weight (no rank constraint), same goal and loss as ``opt``."""
     module = G.layer_module(rw.layer)
@@ -249,8 +265,6 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
     # Baseline: plain fine-tuning of the whole auto layer on the single paste goal.
     rw = build(G, req, auto_layer)
     rw.compute_stats(n=1000, progress=False)
-    module = G.layer_module(auto_layer)
-    original = module.weight.detach().clone()
     with ex.one_thread():
         start = time.perf_counter()
         tuned = finetune(G, rw, 300)
@@ -260,14 +274,9 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         goal_image = rw.renderer(goal.state)(goal.target)[0]
     box = goal_box(goal, G.resolution)
     d0 = paste_distance(G, rw, goal_image, box)
-    with torch.no_grad():
-        module.weight.copy_(tuned)
-    try:
+    with layer_weight(G, auto_layer, tuned):
         after = G.sample(seeds)
         d1 = paste_distance(G, rw, goal_image, box)
-    finally:
-        with torch.no_grad():
-            module.weight.copy_(original)
     row = {"setting": "finetune (whole layer, 300 steps)", "layer": auto_layer, **evaluate(req, before, after)}
     row.update(paste=(d0, d1), s=elapsed)
     rows.append(row)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from edit_quality import GRID_FACES, build, evaluate, load_request, oracle_goal, oracle_images
+from edit_quality import GRID_FACES, build, evaluate, layer_weight, load_request, oracle_goal, oracle_images
 from torch import Tensor
 
 import gan_rewrite as gr
@@ -76,15 +76,8 @@ def fit_rule(G: gr.GANGenerator, req: dict[str, Any], layer: str, seeds: list[in
 
 def sample_with(G: gr.GANGenerator, layer: str, change: Tensor, seeds: list[int]) -> Tensor:
     """The faces drawn with ``change`` added to the layer's weight (restored afterwards)."""
-    module = G.layer_module(layer)
-    original = module.weight.detach().clone()
-    with torch.no_grad():
-        module.weight.add_(change)
-    try:
+    with layer_weight(G, layer, G.layer_module(layer).weight.detach() + change):
         return G.sample(seeds)
-    finally:
-        with torch.no_grad():
-            module.weight.copy_(original)
 
 
 def strongest_clean_scale(
@@ -131,10 +124,10 @@ def run_request(
             after = sample_with(G, layer, change, held)
             _print_row(name, layer, f"rank {rank}, fitted on the {fitted_on}", evaluate(req, before, after), seconds)
             scale = strongest_clean_scale(G, req, layer, change, choose_on)
-            clean = evaluate(req, before, sample_with(G, layer, scale * change, held))
-            _print_row(name, layer, f"… at {strength}, {scale:.2f}×", clean, seconds)
+            clean = sample_with(G, layer, scale * change, held)
+            _print_row(name, layer, f"… at {strength}, {scale:.2f}×", evaluate(req, before, clean), seconds)
             if rank == ranks[0]:
-                pictures += [after[:GRID_FACES], sample_with(G, layer, scale * change, held[:GRID_FACES])]
+                pictures += [after[:GRID_FACES], clean[:GRID_FACES]]
     if grids is not None:
         big = torch.nn.functional.interpolate(torch.cat(pictures), scale_factor=2, mode="nearest")
         save_image(image_grid(big, nrow=GRID_FACES), grids / f"rule-oracle-{name}.png")
@@ -164,8 +157,8 @@ def main() -> None:
     G = gr.load_generator("dcgan-faces-64")
     print("| request | layer | rule | visible /32 | out (≤0.03) | max (≤0.5) | max > 4 px from the band | Δband | s |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ranks = [int(r) for r in args.ranks.split(",")]
     for name in args.requests.split(","):
-        ranks = [int(r) for r in args.ranks.split(",")]
         run_request(G, name, args.layer, ranks, args.steps, args.train_faces, args.fit_on, args.grids)
 
 
