@@ -19,7 +19,9 @@ Settings: ``old`` — the first defaults (closed form, layer3, the request's con
 mask: what the Space and CLI did); ``new`` — today's defaults (``Rewriter(G)``: ``layer="auto"``,
 ``solve()``: for this model the image fit over every context sample, ``FIT_CONTEXTS``); ``bounded@auto`` — the
 previous default; ``bounded@L`` — the bounded solver at a fixed layer; ``opt`` — the projected optimiser with
-its loss on the paste sample's image (300 steps) at the auto layer; ``finetune`` — plain fine-tuning of the
+its loss on the paste sample's image (300 steps) at the auto layer; ``learn`` — ``method="learn"`` at rank 4 with
+its default samples (``D`` and ``Λ`` learned from the copy pasted at the paste place on many random faces as well as
+the contexts); ``finetune`` — plain fine-tuning of the
 whole auto layer's weight on the same single goal, same loss, same steps (the baseline); ``oracle`` — each
 held-out face's own goal output at the auto layer (the copy pasted into that face's layer output at the
 request's place), run through the rest of the generator: what a perfect rule at that layer could show.
@@ -235,15 +237,16 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         settings.append(("bounded@auto, paste only", "auto", "bounded", {"targets": "paste"}))
         settings.append(("bounded@auto, keep weight 1", "auto", "bounded", {"keep_weight": 1.0}))
         settings.append(("opt (image loss, 300 steps) @auto", "auto", "optimize", {"loss": "image", "steps": 300}))
+        settings.append(("learn (defaults: rank 4, 512 samples) @auto", "auto", "learn", {}))
     for label, layer, method, options in settings:
         rw = build(G, req, layer, old_erase=label.startswith("old"))
         rw.compute_stats(n=1000, progress=False)
         with ex.one_thread():
             start = time.perf_counter()
             opts = dict(options)
-            if method in (None, "optimize"):
+            if method in (None, "optimize", "learn"):
                 opts["progress"] = False
-            delta = rw.solve(rank=1, method=method, **opts)
+            delta = rw.solve(rank=opts.pop("rank", 1), method=method, **opts)
             elapsed = time.perf_counter() - start
         goal = rw.goal()
         with torch.no_grad():
@@ -258,7 +261,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
             G.unload_rules()
         row = {"setting": label, "layer": rw.layer, **evaluate(req, before, after), "paste": (d0, d1), "s": elapsed}
         rows.append(row)
-        if label.startswith(("old", "new", "bounded@auto (")):
+        if label.startswith(("old", "new", "bounded@auto (", "learn")):
             pictures[label.split(" ")[0]] = after
         print(_fmt(name, row), flush=True)
 
@@ -293,7 +296,7 @@ def run_request(G: gr.GANGenerator, name: str, quick: bool, grids: Path | None) 
         row["scores"] = score.as_dict()
         row["advice"] = score.advice
     if grids is not None:
-        order = ("before", "old", "new", "bounded@auto", "finetune", "oracle")
+        order = ("before", "old", "new", "bounded@auto", "learn", "finetune", "oracle")
         grid = torch.cat([pictures[k][:GRID_FACES] for k in order if k in pictures])
         big = torch.nn.functional.interpolate(grid, scale_factor=2, mode="nearest")
         save_image(image_grid(big, nrow=GRID_FACES), grids / f"quality-{name}.png")

@@ -374,7 +374,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 
         method, options = default_solver(generator)
         planned = {**spec, "method": method, "solver": options}
-    if planned.get("method") == "optimize":
+    if planned.get("method") in ("optimize", "learn"):
         print(optimize_estimate(generator, planned), file=sys.stderr)
     start = time.perf_counter()
     # A model from the Hub records the exact commit it was loaded at; `--revision` may be a branch or tag.
@@ -398,15 +398,28 @@ def optimize_estimate(generator: GANGenerator, spec: dict[str, Any]) -> str:
     """A rough time for solving ``spec`` with the optimiser, from one timed forward pass of its examples.
 
     A step of the optimiser runs the generator forward and back on the examples (about three forward passes
-    with ``loss="image"``, less with the default layer loss); it stops early when the loss settles.
+    with ``loss="image"``, less with the default layer loss); it stops early when the loss settles. A step of
+    ``method="learn"`` does the same on one batch of its samples, and runs every step.
     """
+    from .rewrite.learn import BATCH_SIZE, PASSES, SAMPLES
+
     solver = spec.get("solver") or {}
-    steps = int(solver.get("steps", 1000))
+    learn = spec.get("method") == "learn"
+    batch = int(solver.get("batch_size", BATCH_SIZE))
+    if learn and solver.get("steps") is None:  # every goal sample seen PASSES times
+        main = (spec.get("erase") or spec.get("paste") or {}).get("seed")
+        contexts = {item.get("seed") for item in spec.get("context") or [] if isinstance(item, dict)} - {main}
+        goals = 1 + len(contexts) + int(solver.get("samples", SAMPLES))
+        steps = PASSES * math.ceil(goals / batch)
+    else:
+        steps = int(solver.get("steps") or 1000)
     seeds = [item["seed"] for key in ("copy", "paste", "erase") if isinstance(item := spec.get(key), dict)
              and isinstance(item.get("seed"), int)] or [0]  # fmt: skip
     if solver.get("targets") == "contexts":  # the copy is pasted on every context sample as well
         seeds += [item["seed"] for item in spec.get("context") or [] if isinstance(item, dict)
                   and isinstance(item.get("seed"), int)]  # fmt: skip
+    if learn:  # one batch of samples per step
+        seeds = list(range(batch))
     generator.sample(seeds[:1])  # warm-up
     start = time.perf_counter()
     generator.sample(seeds)
@@ -414,8 +427,9 @@ def optimize_estimate(generator: GANGenerator, spec: dict[str, Any]) -> str:
     total = 3 * forward * steps
     rough = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} min"
     return (
-        f"solving with the optimiser: up to {steps} steps, roughly {rough} on {generator.device} (one forward pass "
-        f"of {len(seeds)} sample(s) took {1000 * forward:.0f} ms; a step costs about three; it may stop early). "
+        f"solving with the optimiser: {'' if learn else 'up to '}{steps} steps, roughly {rough} on {generator.device} "
+        f"(one forward pass of {len(seeds)} sample(s) took {1000 * forward:.0f} ms; a step costs about three"
+        f"{'' if learn else '; it may stop early'}). "
         "The bounded solve (`\"method\": \"bounded\"`) takes about a second."
     )
 

@@ -415,4 +415,9 @@ def solve_summary(delta: RuleDelta) -> str:
         return f"Solved by fitting {what} of {where}."
     if method == "bounded":
         return "Solved by the bounded closed form."
+    if method == "learn":
+        from .rewrite.learn import SAMPLES
+
+        samples = solver.get("samples", SAMPLES)
+        return f"Learned from the copy pasted onto {samples} random samples as well as the context samples."
     return f"Solved by the {method} solver."

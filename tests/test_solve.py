@@ -96,7 +96,7 @@ def test_projected_solver_reduces_the_loss_and_stays_in_span(variable: str) -> N
     null = null - direction @ (direction.T @ null)
     assert torch.einsum("oiab,in->oabn", kind.to_oihw(dw), null).abs().max() < 1e-5
     assert torch.equal(module.weight, weight0)  # the module itself is not modified
-    assert set(SOLVERS) == {"closed_form", "optimize", "bounded"}
+    assert set(SOLVERS) == {"closed_form", "optimize", "bounded", "learn"}
 
 
 def test_solvers_leave_the_module_untouched() -> None:

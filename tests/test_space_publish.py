@@ -25,6 +25,7 @@ from test_hub_rules import make_rule
 import gan_rewrite as gr
 from gan_rewrite.cli import main
 from gan_rewrite.hub.known import CONFIG_DIR
+from gan_rewrite.rewrite import RuleDelta
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,3 +178,17 @@ def test_rewrite_with_the_optimiser_says_roughly_how_long(spec, tiny_folder, tmp
     assert main(["rewrite", str(tiny_folder), "--spec", str(write_spec(tmp_path / "c.json", {**spec,
                  "method": "closed_form", "solver": {}})), "--out", str(closed)]) == 0  # fmt: skip
     assert "optimiser" not in capsys.readouterr().err
+
+
+def test_rewrite_with_learn_counts_its_steps_from_its_samples(spec, tiny_folder, tmp_path, capsys) -> None:  # noqa: F811
+    """``method="learn"`` without ``steps`` takes ``PASSES`` passes over its batches; the CLI says how many."""
+    spec = {**spec, "method": "learn", "solver": {"samples": 5, "batch_size": 4}}
+    out = tmp_path / "rule.safetensors"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("gan_rewrite.rewrite.learn.PASSES", 2)  # keep the test short; the count is what is checked
+        assert main(["rewrite", str(tiny_folder), "--spec", str(write_spec(tmp_path / "r.json", spec)),
+                     "--out", str(out)]) == 0  # fmt: skip
+    # 6 goal samples (the paste sample, also the context's, and 5 random ones): 2 batches of 4, seen twice.
+    err = capsys.readouterr().err
+    assert "solving with the optimiser: 4 steps, roughly" in err and out.is_file()
+    assert RuleDelta.load(out).method == "learn"

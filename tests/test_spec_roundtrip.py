@@ -141,8 +141,21 @@ def solvable_specs(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from([{"seed": 1, "mask": encode_mask(box(SIZE, 8, 8, 14, 14))}, {"seed": 1, "offset": [5, 4]}])
         )
         spec["region"] = draw(st.sampled_from(["mask", "box"]))
-    method = draw(st.sampled_from(["closed_form", "optimize", "bounded"]))
-    if method == "bounded":
+    method = draw(st.sampled_from(["closed_form", "optimize", "bounded", "learn"]))
+    if method == "learn":
+        spec["method"] = "learn"
+        spec["solver"] = draw(
+            st.fixed_dictionaries(
+                {"samples": st.integers(0, 3), "steps": st.integers(1, 3), "progress": st.just(False)},
+                optional={
+                    "sample_seed": st.integers(0, 20),
+                    "batch_size": st.integers(1, 4),
+                    "lr_factor": st.sampled_from([0.5, 2.0]),
+                    "keep_weight": st.sampled_from([1.0, 3.0]),
+                },
+            )
+        )
+    elif method == "bounded":
         spec["method"] = "bounded"
         spec["solver"] = draw(
             st.fixed_dictionaries(

@@ -7,6 +7,7 @@ Data flows one way: ``forward_to`` → keys / :class:`KeyStats` → context dire
 from .context import ContextMatches, Goal, decode_mask, encode_mask, search_context
 from .delta import LayerDelta, RuleDelta
 from .layers import LayerKind, layer_kind
+from .learn import solve_learned
 from .rewriter import Rewriter, solve_spec
 from .score import GeneralisationScore, LayerScore
 from .solve import solve_bounded, solve_closed_form, solve_projected
@@ -32,6 +33,7 @@ __all__ = [
     "search_context",
     "solve_bounded",
     "solve_closed_form",
+    "solve_learned",
     "solve_projected",
     "solve_spec",
 ]

@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from ..errors import RuleError
 from .context import Goal
 from .crop import goal_window, layer_crop, weight_box
 from .layers import LayerKind
+from .learn import solve_learned
 from .lowrank import low_rank_layer
 
 logger = logging.getLogger(__name__)
@@ -196,8 +198,9 @@ TARGETS = ("contexts", "paste")
 CHOICES: dict[str, tuple[str, ...]] = {"loss": LOSSES, "keep": KEEPS, "targets": TARGETS, "variable": VARIABLES}
 """String solver options and their allowed values (``check_spec`` validates specs against them)."""
 
-CODE_OPTIONS = frozenset({"loss_fn", "render", "moment"})
-"""Solver options that are code, not data: never recorded in a spec (``Rewriter.solve`` supplies ``render``)."""
+CODE_OPTIONS = frozenset({"loss_fn", "render", "renderer", "moment"})
+"""Solver options that are code, not data: never recorded in a spec (``Rewriter.solve`` supplies ``render`` and
+``renderer``)."""
 
 
 def solve_projected(
@@ -572,9 +575,11 @@ def solve_bounded(
         return lam.T.reshape(out_ch, rank, kh, kw).float().cpu()
 
 
-SOLVERS: dict[str, Callable[..., Tensor]] = {
+SOLVERS: dict[str, Callable[..., Any]] = {
     "closed_form": solve_closed_form,
     "optimize": solve_projected,
     "bounded": solve_bounded,
+    "learn": solve_learned,
 }
-"""Method names accepted by ``Rewriter.solve(method=...)`` and written into rule files."""
+"""Method names accepted by ``Rewriter.solve(method=...)`` and written into rule files. Each returns ``Λ``, except
+``"learn"``, which learns ``D`` too and returns ``(D, Λ)``."""
