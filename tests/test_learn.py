@@ -107,8 +107,10 @@ def test_sample_batches_put_the_copy_at_the_paste_place() -> None:
     wanted = paste_goal(rw.G, rw.layer, 0, rw.copy.mask, 7, rw.paste[1])
     torch.testing.assert_close(batches[1].target[2:3], wanted.target)
     torch.testing.assert_close(batches[1].weight[2:3], wanted.weight)
-    with pytest.raises(RuleError, match=r"`samples` must be >= 0"):
+    with pytest.raises(RuleError, match=r"solver option `samples` must be an integer >= 0, got -1"):
         rw.sample_batches(-1, 0, 3)
+    with pytest.raises(RuleError, match=r"solver option `batch_size` must be an integer >= 1, got 'x'"):
+        rw.solve(method="learn", batch_size="x", progress=False)
 
 
 def test_learn_is_recorded_and_solve_spec_reproduces_it(tmp_path, monkeypatch) -> None:

@@ -510,8 +510,10 @@ class Rewriter:
         contexts, then the same goal on ``samples`` random samples (seeds from ``sample_seed``, skipping seeds
         already used) at the paste place, or with the erase region erased — a correct example of the request
         wherever the model draws its objects at about the same place in every image (aligned faces)."""
-        if isinstance(samples, bool) or samples < 0 or isinstance(batch_size, bool) or batch_size < 1:
-            raise RuleError(f"`samples` must be >= 0 and `batch_size` >= 1, got {samples!r} and {batch_size!r}.")
+        checks = (("samples", samples, 0), ("sample_seed", sample_seed, 0), ("batch_size", batch_size, 1))
+        for name, value, low in checks:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise RuleError(f"solver option `{name}` must be an integer >= {low}, got {value!r}.")
         goals = self.goals("contexts")
         used = {seed for goal in goals for seed in goal.seeds}
         seeds = [seed for seed in range(sample_seed, sample_seed + samples + len(used)) if seed not in used]
@@ -663,7 +665,7 @@ class Rewriter:
         Args:
             rank: number of context directions ``r``; default 1, or :data:`~gan_rewrite.rewrite.learn.RANK` (4)
                 for ``method="learn"``.
-            method: ``"closed_form"`` (least squares, milliseconds) or ``"optimize"`` (projected Adam).
+            method: ``"bounded"``, ``"closed_form"``, ``"optimize"`` or ``"learn"`` (above); ``None``: the default.
             **solver_kwargs: passed to the solver (``ridge`` / ``steps``, ``lr``, ``loss``, ``loss_fn``, ...).
                 JSON options are recorded in the spec; code (``loss_fn``, ``render``) is not. For
                 ``loss="image"`` the Rewriter supplies ``render`` (:meth:`renderer`).
@@ -705,9 +707,9 @@ class Rewriter:
             goals = stack_goals(self.G, self.layer, self.goals("contexts"), self.truncation)
         elif method == "learn":
             goals = self.sample_batches(
-                int(options.get("samples", SAMPLES)),
-                int(options.get("sample_seed", SAMPLE_SEED)),
-                int(options.get("batch_size", BATCH_SIZE)),
+                options.get("samples", SAMPLES),
+                options.get("sample_seed", SAMPLE_SEED),
+                options.get("batch_size", BATCH_SIZE),
             )
             options["renderer"] = lambda goal: self.renderer(goal.state)
         else:
