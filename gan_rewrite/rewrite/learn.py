@@ -93,10 +93,8 @@ def solve_learned(
     batches = list(goal)
     if steps is None:
         steps = PASSES * len(batches)
-    for name, value, low in (("samples", samples, 0), ("sample_seed", sample_seed, 0), ("batch_size", batch_size, 1),
-                             ("steps", steps, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise RuleError(f"solver option `{name}` must be an integer >= {low}, got {value!r}.")
+    check_sample_options(samples, sample_seed, batch_size)
+    _check_integer("steps", steps, 1)
     if isinstance(lr_factor, bool) or not isinstance(lr_factor, (int, float)) or not 0 < lr_factor < math.inf:
         raise RuleError(f"solver option `lr_factor` must be a positive number, got {lr_factor!r}.")
     if isinstance(keep_weight, bool) or not isinstance(keep_weight, (int, float)) or not 0 < keep_weight < math.inf:
@@ -131,6 +129,18 @@ def solve_learned(
         schedule.step()
         bar.set_postfix(loss=f"{float(value.detach()):.4g}", refresh=False)
     return orthonormal_rule(learned.detach(), lam.detach())
+
+
+def check_sample_options(samples: int, sample_seed: int, batch_size: int) -> None:
+    """Refuse sample options that are not integers in range (``RuleError`` naming the option)."""
+    _check_integer("samples", samples, 0)
+    _check_integer("sample_seed", sample_seed, 0)
+    _check_integer("batch_size", batch_size, 1)
+
+
+def _check_integer(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RuleError(f"solver option `{name}` must be an integer >= {low}, got {value!r}.")
 
 
 def image_l1(goal: Goal, render: Callable[[Tensor], Tensor], keep_weight: float) -> Callable[[Tensor], Tensor]:

@@ -65,7 +65,7 @@ from .context import (
 )
 from .delta import LayerDelta, RuleDelta
 from .layers import LayerKind, layer_kind
-from .learn import BATCH_SIZE, SAMPLE_SEED, SAMPLES
+from .learn import BATCH_SIZE, SAMPLE_SEED, SAMPLES, check_sample_options
 from .learn import RANK as LEARN_RANK
 from .runcache import RunCache
 from .score import GeneralisationScore
@@ -499,10 +499,11 @@ class Rewriter:
             raise RuleError(f"`targets` must be 'contexts' or 'paste', got {targets!r}.")
         done = {self.erase[0].seed if self.erase is not None else self.paste[0]}
         out = [main]
+        goal_at = self._goal_maker()
         for item in self.context:
             if item.seed not in done:
                 done.add(item.seed)
-                out.append(self._goal_at(item.seed, item.mask))
+                out.append(goal_at(item.seed, item.mask))
         return out
 
     def sample_batches(self, samples: int, sample_seed: int, batch_size: int) -> list[Goal]:
@@ -510,34 +511,34 @@ class Rewriter:
         contexts, then the same goal on ``samples`` random samples (seeds from ``sample_seed``, skipping seeds
         already used) at the paste place, or with the erase region erased — a correct example of the request
         wherever the model draws its objects at about the same place in every image (aligned faces)."""
-        checks = (("samples", samples, 0), ("sample_seed", sample_seed, 0), ("batch_size", batch_size, 1))
-        for name, value, low in checks:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise RuleError(f"solver option `{name}` must be an integer >= {low}, got {value!r}.")
+        check_sample_options(samples, sample_seed, batch_size)
         goals = self.goals("contexts")
         used = {seed for goal in goals for seed in goal.seeds}
         seeds = [seed for seed in range(sample_seed, sample_seed + samples + len(used)) if seed not in used]
         place = self.erase[0].mask if self.erase is not None else self.paste[1]
-        goals += [self._goal_at(seed, place) for seed in seeds[:samples]]
+        goal_at = self._goal_maker()
+        goals += [goal_at(seed, place) for seed in seeds[:samples]]
         return [
             stack_goals(self.G, self.layer, goals[start : start + batch_size], self.truncation)
             for start in range(0, len(goals), batch_size)
         ]
 
-    def _goal_at(self, seed: int, place: Tensor | tuple[int, int]) -> Goal:
-        """The request's goal on sample ``seed``: the copy pasted at ``place`` (a mask or an offset), or the
-        erase region ``place`` (a mask) erased."""
+    def _goal_maker(self) -> Callable[[int, Tensor | tuple[int, int]], Goal]:
+        """``(seed, place) → Goal``: the request's goal on sample ``seed``, the copy pasted at ``place`` (a mask or
+        an offset) or the erase region ``place`` (a mask) erased. An erase's context keys are gathered once here,
+        not once per sample."""
         if self.erase is None:
-            return paste_goal(
-                self.G, self.layer, self.copy.seed, self.copy.mask, seed, place,
-                region=self.region, truncation=self.truncation,
+            copy = self.copy
+            return lambda seed, place: paste_goal(
+                self.G, self.layer, copy.seed, copy.mask, seed, place, region=self.region, truncation=self.truncation
             )
         _, units = self.erase
         top = self._top_units()
-        return erase_goal(
-            self.G, self.layer, seed, place, units=units, top_units=top,
-            stats=self.stats if top is not None else None,
-            context=self.context_keys() if top is not None else None, truncation=self.truncation,
+        stats = self.stats if top is not None else None
+        context = self.context_keys() if top is not None else None
+        return lambda seed, place: erase_goal(
+            self.G, self.layer, seed, place, units=units, top_units=top, stats=stats, context=context,
+            truncation=self.truncation,
         )
 
     @reusing_runs
